@@ -91,9 +91,13 @@ class AuthError(FatalError):
 class StaleVersion(ConnectorError):
     """An update was made against a version the record no longer has."""
 
-    def __init__(self, ref: str, expected: str | None, actual: str | None, **kw: str) -> None:
+    def __init__(
+        self, ref: str, expected: str | None, actual: str | None, *, connector: str = ""
+    ) -> None:
         super().__init__(
-            f"record {ref} changed remotely (expected version {expected}, found {actual})", **kw
+            f"record {ref} changed remotely (expected version {expected}, found {actual})",
+            connector=connector,
+            status=409,
         )
         self.ref = ref
         self.expected = expected
@@ -103,7 +107,9 @@ class StaleVersion(ConnectorError):
 class SkippableRecord(ConnectorError):
     """One record is malformed or cannot be mapped; it is quarantined with ``reason``."""
 
-    def __init__(self, ref: str, reason: str, *, connector: str = "", payload: object = None) -> None:
+    def __init__(
+        self, ref: str, reason: str, *, connector: str = "", payload: object = None
+    ) -> None:
         super().__init__(f"record {ref}: {reason}", connector=connector)
         self.ref = ref
         self.reason = reason

@@ -378,8 +378,17 @@ class SalesProject(_Model):
 
 
 # Fields the sync engine manages itself and mappings may never write.
-ENGINE_FIELDS = frozenset({"id", "links", "admission", "created_at", "updated_at",
-                           "last_meaningful_update_at", "last_meaningful_update_by"})
+ENGINE_FIELDS = frozenset(
+    {
+        "id",
+        "links",
+        "admission",
+        "created_at",
+        "updated_at",
+        "last_meaningful_update_at",
+        "last_meaningful_update_by",
+    }
+)
 
 
 # --------------------------------------------------------------------------- field paths
@@ -498,4 +507,3 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://salesbridge.dev/schema/sales-project.json"
     return schema
-

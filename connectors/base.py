@@ -199,9 +199,7 @@ class ConnectorConfig(BaseModel):
 
     kind: str
     enabled: bool = True
-    mapping: Path | None = Field(
-        None, description="mapping file; default mappings/<kind>.toml"
-    )
+    mapping: Path | None = Field(None, description="mapping file; default mappings/<kind>.toml")
     interval: timedelta = Field(timedelta(minutes=5), description="poll interval")
     reconcile_interval: timedelta = Field(timedelta(hours=6), description="full census interval")
     timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
