@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bridge.errors import Problem, UserError
 from bridge.model import Lifecycle
@@ -160,22 +160,6 @@ class Config(_Section):
     def _tz(cls, v: str) -> str:
         return _check_timezone(v)
 
-    @model_validator(mode="after")
-    def _references(self) -> Config:
-        problems: list[str] = []
-        for name, team in self.teams.items():
-            if team.parent is not None and team.parent not in self.teams:
-                problems.append(f"team {name!r} names unknown parent {team.parent!r}")
-        for name, rec in self.recipients.items():
-            for t in rec.teams:
-                if t not in self.teams:
-                    problems.append(
-                        f"recipient {name!r} names unknown team {t!r}; define [teams.{t}]"
-                    )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
 
 class LoadedConfig:
     """A validated config plus what was derived from it (paths, typed connector settings)."""
@@ -212,17 +196,26 @@ class LoadedConfig:
 
 
 def _key_of(loc: Sequence[int | str]) -> str:
-    """('connectors', 'jira', 'token') -> '[connectors.jira] token'."""
-    parts = [str(p) for p in loc if not str(p).startswith("function-")]
+    """Render a validation location the way the file spells it.
+
+    ('connectors', 'jira', 'token') -> '[connectors.jira] token';
+    ('lifecycle', 'stages', 2, 'key') -> '[[lifecycle.stages]] (item 3) key';
+    ('recipients', 'li', 'channels', 0) -> '[recipients.li] channels (item 1)'.
+    """
+    parts = [p for p in loc if not str(p).startswith("function-")]
     if not parts:
         return "(top level)"
-    if len(parts) == 1:
-        return parts[0]
-    section, key = parts[:-1], parts[-1]
-    out = "["
-    for p in section:
-        out += f"[{p}]" if p.isdigit() else ("." if out != "[" else "") + p
-    return f"{out}] {key}"
+    # The key is the last string part; indices after it belong to the key.
+    key_at = max(i for i, p in enumerate(parts) if isinstance(p, str))
+    key = str(parts[key_at]) + "".join(f" (item {int(p) + 1})" for p in parts[key_at + 1 :])
+    section = parts[:key_at]
+    if not section:
+        return key
+    names = [str(p) for p in section if isinstance(p, str)]
+    items = [int(p) for p in section if isinstance(p, int)]
+    if items:
+        return f"[[{'.'.join(names)}]] (item {items[-1] + 1}) {key}"
+    return f"[{'.'.join(names)}] {key}"
 
 
 def _allowed_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
@@ -264,16 +257,15 @@ def _message(err: Any, model: type[BaseModel], value_hidden: bool) -> str:
         return f"unknown key; {hint}" if allowed else "unknown key; remove it"
     if kind == "missing":
         return "required key is missing; add it"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if kind.endswith("_type") or kind.startswith(("literal", "enum")) or "parsing" in kind:
-        if not value_hidden and "input" in err and not isinstance(err["input"], dict | list):
-            msg += f" (got {err['input']!r})"
-        msg += "; fix the value"
-    return msg
+    if kind == "value_error":
+        # Our own validators already phrase the fix.
+        return msg.removeprefix("Value error, ")
+    if not value_hidden and "input" in err and not isinstance(err["input"], dict | list):
+        msg += f" (got {err['input']!r})"
+    return msg + "; fix the value"
 
 
-_SECRET_KEYS = frozenset({"token", "password", "secret", "api_token", "channels", "url", "key"})
+_SECRET_KEYS = frozenset({"token", "password", "secret", "api_token", "channels", "url", "api_key"})
 
 
 def _problems(
@@ -336,9 +328,59 @@ def load_config(path: Path | None, *, data: dict[str, Any] | None = None) -> Loa
             problems += errs
             if cfg is not None:
                 connectors[name] = cfg
+    if config is not None:
+        problems += _cross_check(config, file)
     if problems or config is None:
         raise UserError(problems)
     return LoadedConfig(config, path, connectors)
+
+
+def _cross_check(config: Config, file: str) -> list[Problem]:
+    """References between sections, which pydantic cannot see one section at a time."""
+    out: list[Problem] = []
+    for name, team in config.teams.items():
+        if team.parent is not None and team.parent not in config.teams:
+            out.append(
+                Problem(
+                    file,
+                    f"[teams.{name}] parent",
+                    f"unknown team {team.parent!r}; define [teams.{team.parent}]",
+                )
+            )
+    for name in config.teams:
+        seen, cur = {name}, config.teams[name].parent
+        while cur is not None and cur in config.teams:
+            if cur in seen:
+                out.append(
+                    Problem(
+                        file,
+                        f"[teams.{name}] parent",
+                        "teams form a cycle through their parents; break it",
+                    )
+                )
+                break
+            seen.add(cur)
+            cur = config.teams[cur].parent
+    for name, rec in config.recipients.items():
+        for t in rec.teams:
+            if t not in config.teams:
+                out.append(
+                    Problem(
+                        file,
+                        f"[recipients.{name}] teams",
+                        f"unknown team {t!r}; define [teams.{t}] or fix the name",
+                    )
+                )
+    if config.recipients and any(r.email for r in config.recipients.values()) and not config.smtp:
+        out.append(
+            Problem(
+                file,
+                "[smtp]",
+                "recipients have e-mail addresses but no [smtp] "
+                "section says how to send mail; add [smtp] host and sender",
+            )
+        )
+    return out
 
 
 def _load_connector(

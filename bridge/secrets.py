@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import re
 import threading
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
 from bridge.errors import UserError
 
@@ -56,6 +58,20 @@ class SecretRef:
     def __hash__(self) -> int:
         return hash(self.var)
 
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            _parse, serialization=core_schema.plain_serializer_function_ser_schema(str)
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"type": "string", "pattern": _REF.pattern, "examples": ["env:MY_TOKEN"]}
+
 
 def _parse(value: Any) -> SecretRef:
     if isinstance(value, SecretRef):
@@ -72,7 +88,7 @@ def _parse(value: Any) -> SecretRef:
     return SecretRef(m.group(1))
 
 
-Secret = Annotated[SecretRef, BeforeValidator(_parse), PlainSerializer(str, return_type=str)]
+Secret = SecretRef
 """Config field type for a secret: accepts only ``"env:NAME"``."""
 
 
