@@ -90,10 +90,23 @@ def _root(
     if version:
         typer.echo(f"salesbridge {__version__}")
         raise typer.Exit(0)
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.WARNING),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(log_level)
+
+
+def configure_logging(level: str) -> None:
+    """Human-readable logs on stderr, with secrets redacted from every record.
+
+    The filter sits on the handler, not a logger, so records from other libraries (urllib3
+    logs full URLs with query tokens at DEBUG) are redacted too.
+    """
+    from bridge.http import RedactingFilter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.WARNING))
 
 
 # --------------------------------------------------------------------------- schema
@@ -326,10 +339,11 @@ def _short(value: Any, width: int = 60) -> str:
 
 
 def _report_user_error(exc: UserError) -> None:
+    # Plain lines, never wrapped: people grep and copy them.
     err = console(stderr=True)
     err.print(f"[bold red]{len(exc.problems)} problem(s) to fix:[/bold red]")
     for p in exc.problems:
-        err.print(f"  {p}", markup=False)
+        sys.stderr.write(f"  {p}\n")
     if os.environ.get("SALESBRIDGE_ERRORS_JSON") == "1":
         print_json({"problems": dump_problems(exc.problems)})
 
