@@ -1,0 +1,735 @@
+"""The sync engine: pull, map, merge per field, push; plan first, commit step by step.
+
+One run over the configured connectors:
+
+1. **Pull** every connector concurrently (a bounded thread pool does the network); pages come
+   back through a bounded queue and are planned and committed by one thread, so store writes
+   are serialised. Each page commits together with its cursor: a crash resumes at the last
+   committed page, never past an unread record.
+2. **Merge** each record's mapped fields three-way against the stored base (``merge.py``).
+   Records equal to the base are echoes of our own writes or unchanged: no-ops.
+3. **Vanished records** unlink and tombstone, unless more than the breaker's share vanish at
+   once: then the connector stops with an alert until ``--force``.
+4. **Push** every linked project whose hub values differ from the tool's base, and create
+   projects in tools whose mapping asks for it (stamp first, search before create).
+
+The engine knows no tool: connectors and mapping specs are handed to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from bridge.errors import (
+    AuthError,
+    BreakerTripped,
+    ConnectorError,
+    FatalError,
+    RetriableError,
+    SkippableRecord,
+    StaleVersion,
+)
+from bridge.mapping import MappingSpec
+from bridge.model import SalesProject, get_path, new_project_id, set_path
+from bridge.store import Store
+from bridge.store.store import Event, StoredLink
+from bridge.sync.merge import NO_BASE, Decision, Policy, merge_field
+from bridge.sync.plan import Action, Change, Plan, Step
+from connectors.base import Connector, ConnectorConfig, Page, RemoteRecord
+
+log = logging.getLogger("salesbridge.sync")
+
+Progress = Callable[[str, str, int], None]
+"""progress(connector, phase, count): called as pages and pushes complete."""
+
+_DONE = object()
+
+
+@dataclass
+class ConnectorReport:
+    status: str = "ok"
+    error: str | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class SyncReport:
+    dry_run: bool
+    plan: Plan = field(default_factory=Plan)
+    connectors: dict[str, ConnectorReport] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == "ok" for r in self.connectors.values())
+
+
+class _Overlay:
+    """Hub state as the plan so far would leave it; the store underneath is not touched.
+
+    A real run executes each step as it is planned, so its overlay stays empty; a dry run
+    records the steps here, so later planning (pushes) sees what the pulls would have done.
+    """
+
+    def __init__(self) -> None:
+        self.projects: dict[str, dict[str, Any]] = {}
+        self.bases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.links: dict[tuple[str, str], StoredLink | None] = {}
+
+
+class SyncEngine:
+    """Runs sync cycles over the given connectors against one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        connectors: Mapping[str, Connector[ConnectorConfig]],
+        mappings: Mapping[str, MappingSpec],
+        *,
+        policy: Policy = "newest_wins",
+        breaker_threshold: float = 0.2,
+        max_workers: int = 4,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        missing = set(connectors) - set(mappings)
+        if missing:
+            raise ValueError(f"no mapping for connector(s): {', '.join(sorted(missing))}")
+        self.store = store
+        self.connectors = dict(connectors)
+        self.mappings = dict(mappings)
+        self.policy = policy
+        self.breaker_threshold = breaker_threshold
+        self.max_workers = max_workers
+        self.clock = clock
+        owners: dict[str, str] = {}
+        for name, spec in self.mappings.items():
+            for path in spec.owned_paths:
+                owners.setdefault(path, name)
+        self.owners = owners
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ public
+
+    def run(
+        self,
+        only: Iterable[str] | None = None,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        full: bool = False,
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        """One sync run. ``full`` takes a census (reconciliation) instead of an incremental pull."""
+        names = list(only) if only is not None else list(self.connectors)
+        for n in names:
+            if n not in self.connectors:
+                raise KeyError(n)
+        report = SyncReport(dry_run=dry_run)
+        ctx = _RunContext(self, report, dry_run, force, full, progress or (lambda *_: None))
+        for n in names:
+            report.connectors[n] = ConnectorReport()
+        run_ids = {} if dry_run else {n: self.store.start_run(n) for n in names}
+        ctx.run_ids = run_ids
+        try:
+            ctx.pull_all(names)
+            ctx.push_all(names)
+        finally:
+            if not dry_run:
+                for n, rid in run_ids.items():
+                    r = report.connectors[n]
+                    self.store.finish_run(rid, r.status, dict(r.counts), r.error)  # type: ignore[arg-type]
+        return report
+
+    def resolve_conflict(
+        self, conflict_id: int, take: str, value: Any = None, by: str = "ops"
+    ) -> None:
+        """Settle a pending conflict: ``take`` is ``hub``, ``remote`` or ``value``."""
+        c = self.store.get_conflict(conflict_id)
+        if not c.pending:
+            raise ValueError(f"conflict {conflict_id} is already resolved ({c.resolution})")
+        chosen = {"hub": c.hub_value, "remote": c.remote_value}.get(take, value)
+        now = self.clock()
+        with self.store.transaction():
+            project = self.store.get_project(c.project_id)
+            if project is not None:
+                old = get_path(project, c.field)
+                if old != chosen:
+                    set_path(project, c.field, chosen)
+                    project["updated_at"] = now.isoformat()
+                    self.store.put_project(SalesProject.model_validate(project))
+                    self.store.append_events(
+                        [
+                            Event(
+                                project_id=c.project_id,
+                                at=now,
+                                field=c.field,
+                                old=old,
+                                new=chosen,
+                                source="review",
+                                meaningful=False,
+                                actor=by,
+                            )
+                        ]
+                    )
+                if take == "remote":
+                    self.store.set_bases(c.project_id, c.connector, {c.field: chosen})
+            self.store.resolve_conflict(conflict_id, take, chosen, by=by)  # type: ignore[arg-type]
+
+
+class _RunContext:
+    """State of one run: the overlay, counters and the steps planned so far."""
+
+    def __init__(
+        self,
+        engine: SyncEngine,
+        report: SyncReport,
+        dry_run: bool,
+        force: bool,
+        full: bool,
+        progress: Progress,
+    ) -> None:
+        self.e = engine
+        self.store = engine.store
+        self.report = report
+        self.dry_run = dry_run
+        self.force = force
+        self.full = full
+        self.progress = progress
+        self.overlay = _Overlay()
+        self.run_ids: dict[str, int] = {}
+        self.signpost = engine.clock()
+        self.pull_failed: set[str] = set()
+
+    # ------------------------------------------------------------------ reads through overlay
+
+    def project(self, pid: str) -> dict[str, Any] | None:
+        if pid in self.overlay.projects:
+            return self.overlay.projects[pid]
+        return self.store.get_project(pid, include_tombstoned=False)
+
+    def bases(self, pid: str, connector: str) -> dict[str, Any]:
+        key = (pid, connector)
+        if key in self.overlay.bases:
+            return self.overlay.bases[key]
+        return self.store.get_bases(pid, connector)
+
+    def link(self, connector: str, ref: str) -> StoredLink | None:
+        key = (connector, ref)
+        if key in self.overlay.links:
+            return self.overlay.links[key]
+        return self.store.get_link(connector, ref)
+
+    def pending_fields(self, pid: str, connector: str) -> set[str]:
+        return {
+            c.field for c in self.store.list_conflicts(True, project_id=pid, connector=connector)
+        }
+
+    # ------------------------------------------------------------------ pull
+
+    def pull_all(self, names: list[str]) -> None:
+        pages: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2 * max(1, len(names)))
+        cursors = {n: self.store.get_cursor(n) for n in names}
+
+        def worker(name: str) -> None:
+            conn = self.e.connectors[name]
+            try:
+                for page in conn.pull(cursors[name], signpost=self.signpost, full=self.full):
+                    pages.put((name, page))
+                pages.put((name, _DONE))
+            except BaseException as exc:  # handed to the consumer, which decides
+                pages.put((name, exc))
+
+        seen: dict[str, set[str]] = {n: set() for n in names}
+        vanished: dict[str, list[StoredLink]] = {n: [] for n in names}
+        open_workers = len(names)
+        with ThreadPoolExecutor(max_workers=min(self.e.max_workers, max(1, len(names)))) as pool:
+            for n in names:
+                pool.submit(worker, n)
+            while open_workers:
+                name, item = pages.get()
+                if item is _DONE or isinstance(item, BaseException):
+                    open_workers -= 1
+                    if isinstance(item, BaseException):
+                        self._pull_error(name, item)
+                    else:
+                        self._finish_pull(name, seen[name], vanished[name])
+                    continue
+                if name in self.pull_failed:
+                    continue
+                try:
+                    self._apply_page(name, item, seen[name], vanished[name])
+                except ConnectorError as exc:
+                    self._pull_error(name, exc)
+                self.progress(name, "pull", len(item.records))
+
+    def _pull_error(self, name: str, exc: BaseException) -> None:
+        self.pull_failed.add(name)
+        r = self.report.connectors[name]
+        if isinstance(exc, BreakerTripped):
+            r.status, r.error = "breaker", str(exc)
+        elif isinstance(exc, ConnectorError):
+            r.status, r.error = "failed", f"pull: {exc}"
+        else:
+            log.exception("%s: unexpected error while pulling", name, exc_info=exc)
+            r.status, r.error = "failed", f"pull: unexpected {type(exc).__name__}: {exc}"
+        log.warning("%s: %s", name, r.error)
+
+    def _apply_page(
+        self, name: str, page: Page, seen: set[str], vanished: list[StoredLink]
+    ) -> None:
+        spec = self.e.mappings[name]
+        counts = self.report.connectors[name].counts
+        steps: list[Step] = []
+        for bad in page.skipped:
+            steps.append(self._quarantine_step(name, bad))
+        for rec in page.records:
+            seen.add(rec.ref)
+            counts["pulled"] += 1
+            link = self.link(name, rec.ref)
+            live = link is not None and link.live
+            if rec.deleted:
+                if live:
+                    assert link is not None
+                    vanished.append(link)
+                continue
+            if live and not self.full and link is not None and link.version == rec.version:
+                counts["unchanged"] += 1
+                continue
+            try:
+                values = spec.to_canonical(rec)
+            except SkippableRecord as exc:
+                steps.append(self._quarantine_step(name, exc))
+                continue
+            step = self._plan_record(name, rec, values, link if live else None)
+            if step is not None:
+                steps.append(step)
+        for s in steps:
+            self.report.plan.steps.append(s)
+        self._execute_pull_steps(name, steps, page)
+
+    def _quarantine_step(self, name: str, exc: SkippableRecord) -> Step:
+        self.report.connectors[name].counts["quarantined"] += 1
+        return Step(
+            "quarantine",
+            name,
+            "hub",
+            exc.ref,
+            None,
+            reason=exc.reason,
+            remote_fields={"payload": exc.payload},
+        )
+
+    def _plan_record(
+        self, name: str, rec: RemoteRecord, values: dict[str, Any], link: StoredLink | None
+    ) -> Step | None:
+        counts = self.report.connectors[name].counts
+        when = rec.updated_at or self.signpost
+        if link is None:
+            stamped = self.project(rec.stamp) if rec.stamp else None
+            if stamped is None:
+                return self._plan_new_project(name, rec, values)
+            pid, hub, bases = stamped["id"], stamped, {}
+            action: Action = "link"
+        else:
+            pid = link.project_id
+            hub_or_none = self.project(pid)
+            if hub_or_none is None:  # tombstoned project: the record comes back to life
+                return self._plan_new_project(name, rec, values, pid=pid)
+            hub, bases, action = hub_or_none, self.bases(pid, name), "update_project"
+        pending = self.pending_fields(pid, name)
+        new = copy.deepcopy(hub)
+        changes: list[Change] = []
+        conflicts: list[Decision] = []
+        agreed: dict[str, Any] = {}
+        hub_time = _parse_time(hub.get("updated_at"))
+        policy = self._policy(name)
+        for path, remote in values.items():
+            if path in pending:
+                continue  # waiting for a person to decide; do not raise it again
+            current = get_path(hub, path)
+            d = merge_field(
+                path,
+                current,
+                remote,
+                bases.get(path, NO_BASE),
+                connector=name,
+                owner=self.e.owners.get(path),
+                policy=policy,
+                remote_time=rec.updated_at,
+                hub_time=hub_time,
+            )
+            if d.outcome == "conflict":
+                conflicts.append(d)
+            if d.value != current:
+                set_path(new, path, d.value)
+                why = f"changed in {name}" if d.outcome == "take_remote" else f"conflict: {d.how}"
+                changes.append(Change(path, current, d.value, why))
+            if d.value == remote:
+                agreed[path] = remote
+        if changes:
+            self._touch(new, changes, rec, when)
+            try:
+                SalesProject.model_validate(new)
+            except ValidationError as exc:
+                reason = f"mapped values are invalid: {_brief(exc)}"
+                return self._quarantine_step(
+                    name, SkippableRecord(rec.ref, reason, payload=dict(rec.fields))
+                )
+            counts["updated"] += 1
+        counts["conflicts"] += len(conflicts)
+        return Step(
+            action,
+            name,
+            "hub",
+            rec.ref,
+            pid,
+            changes,
+            reason=f"pulled from {name}",
+            record=rec,
+            project=new,
+            bases=agreed,
+            conflicts=conflicts,
+        )
+
+    def _plan_new_project(
+        self, name: str, rec: RemoteRecord, values: dict[str, Any], pid: str | None = None
+    ) -> Step:
+        data: dict[str, Any] = {"id": pid or new_project_id()}
+        for path, v in values.items():
+            if v is not None:
+                set_path(data, path, v)
+        when = rec.updated_at or self.signpost
+        data.setdefault("created_at", when.isoformat())
+        changes = [
+            Change(p, None, v, f"new record in {name}") for p, v in values.items() if v is not None
+        ]
+        self._touch(data, changes, rec, when)
+        try:
+            project = SalesProject.model_validate(data).to_json()
+        except ValidationError as exc:
+            return self._quarantine_step(
+                name,
+                SkippableRecord(
+                    rec.ref, f"cannot become a project: {_brief(exc)}", payload=dict(rec.fields)
+                ),
+            )
+        self.report.connectors[name].counts["created"] += 1
+        return Step(
+            "create_project",
+            name,
+            "hub",
+            rec.ref,
+            project["id"],
+            changes,
+            reason=f"new record in {name}",
+            record=rec,
+            project=project,
+            bases=dict(values),
+        )
+
+    def _touch(
+        self, data: dict[str, Any], changes: list[Change], rec: RemoteRecord, when: datetime
+    ) -> None:
+        """Freshness and stage bookkeeping for a hub change that came from a person."""
+        stamp = when.isoformat()
+        data["updated_at"] = self.signpost.isoformat()
+        data["last_meaningful_update_at"] = stamp
+        data["last_meaningful_update_by"] = rec.updated_by
+        if any(c.path == "stage" for c in changes):
+            data["stage_entered_at"] = stamp
+
+    def _policy(self, name: str) -> Policy:
+        return self.e.mappings[name].sync.conflict_policy or self.e.policy
+
+    def _execute_pull_steps(self, name: str, steps: list[Step], page: Page) -> None:
+        if self.dry_run:
+            for s in steps:
+                self._overlay_step(name, s)
+            return
+        rid = self.run_ids.get(name)
+        with self.store.transaction():
+            for s in steps:
+                self._store_step(name, s, rid)
+            if page.cursor is not None:
+                self.store.save_cursor(name, page.cursor)
+
+    def _overlay_step(self, name: str, s: Step) -> None:
+        if s.action == "quarantine" or s.project is None or s.project_id is None:
+            return
+        self.overlay.projects[s.project_id] = s.project
+        key = (s.project_id, name)
+        self.overlay.bases[key] = {**self.bases(s.project_id, name), **s.bases}
+        if s.ref is not None and s.record is not None:
+            now = self.signpost
+            self.overlay.links[(name, s.ref)] = StoredLink(
+                project_id=s.project_id,
+                connector=name,
+                ref=s.ref,
+                version=s.record.version,
+                url=s.record.url,
+                created_at=now,
+                updated_at=now,
+                unlinked_at=None,
+            )
+
+    def _store_step(self, name: str, s: Step, rid: int | None) -> None:
+        st = self.store
+        if s.action == "quarantine":
+            st.quarantine(name, s.ref or "?", s.reason, s.remote_fields.get("payload"))
+            return
+        assert s.project is not None and s.project_id is not None and s.record is not None
+        rec = s.record
+        if s.changes or s.action == "create_project":
+            st.put_project(s.project)
+            at = rec.updated_at or self.signpost
+            st.append_events(
+                Event(
+                    project_id=s.project_id,
+                    at=at,
+                    field=c.path,
+                    old=c.old,
+                    new=c.new,
+                    source=name,
+                    meaningful=True,
+                    actor=rec.updated_by,
+                    run_id=rid,
+                )
+                for c in s.changes
+            )
+        if s.action in ("create_project", "link"):
+            st.link(s.project_id, name, rec.ref, rec.version, rec.url)
+        else:
+            st.update_link_version(name, rec.ref, rec.version, rec.url)
+        if s.bases:
+            st.set_bases(s.project_id, name, s.bases)
+        for d in s.conflicts:
+            cid = st.add_conflict(
+                s.project_id, name, d.path, hub=d.hub, remote=d.remote, base=d.base, policy=d.how
+            )
+            if d.winner is not None:
+                st.resolve_conflict(cid, d.winner, d.value, by="policy")
+        st.resolve_quarantined(name, [rec.ref])
+
+    def _finish_pull(self, name: str, seen: set[str], vanished: list[StoredLink]) -> None:
+        if name in self.pull_failed:
+            return
+        if self.full:
+            known = {lk.ref for lk in vanished}
+            vanished.extend(
+                lk
+                for lk in self.store.links_for_connector(name)
+                if lk.ref not in seen and lk.ref not in known
+            )
+        if not vanished:
+            return
+        linked = self.store.count_links(name)
+        limit = max(1.0, self.e.breaker_threshold * linked)
+        if len(vanished) > limit and not self.force:
+            exc = BreakerTripped(name, len(vanished), linked, self.e.breaker_threshold)
+            if not self.dry_run:
+                self.store.add_alert(name, "breaker", str(exc))
+            self._pull_error(name, exc)
+            return
+        for lk in vanished:
+            step = Step(
+                "unlink",
+                name,
+                "hub",
+                lk.ref,
+                lk.project_id,
+                reason=f"record vanished or archived in {name}",
+            )
+            self.report.plan.steps.append(step)
+            self.report.connectors[name].counts["unlinked"] += 1
+            if self.dry_run:
+                self.overlay.links[(name, lk.ref)] = None
+                continue
+            with self.store.transaction():
+                self.store.unlink(name, lk.ref)
+                if not self.store.links_for_project(lk.project_id):
+                    self.store.tombstone_project(lk.project_id)
+        if not self.dry_run and self.force:
+            self.store.clear_alerts(name, "breaker")
+
+    # ------------------------------------------------------------------ push
+
+    def push_all(self, names: list[str]) -> None:
+        targets = [n for n in names if n not in self.pull_failed]
+        if not targets:
+            return
+        with ThreadPoolExecutor(max_workers=min(self.e.max_workers, len(targets))) as pool:
+            for n, fut in [(n, pool.submit(self._plan_pushes, n)) for n in targets]:
+                for step in fut.result():
+                    self.report.plan.steps.append(step)
+                    self._execute_push(n, step)
+                    self.progress(n, "push", 1)
+
+    def _plan_pushes(self, name: str) -> list[Step]:
+        """Push steps for one connector: updates of linked records, then creates."""
+        with self.e._lock:  # store reads from a worker thread: one at a time
+            return list(self._push_updates(name)) + list(self._push_creates(name))
+
+    def _links_of(self, name: str) -> list[StoredLink]:
+        links = {lk.ref: lk for lk in self.store.links_for_connector(name)}
+        for (conn, ref), lk in self.overlay.links.items():
+            if conn == name:
+                if lk is None:
+                    links.pop(ref, None)
+                else:
+                    links[ref] = lk
+        return list(links.values())
+
+    def _push_updates(self, name: str) -> Iterable[Step]:
+        spec = self.e.mappings[name]
+        for lk in self._links_of(name):
+            hub = self.project(lk.project_id)
+            if hub is None:
+                continue
+            diffs = self._diffs(name, lk.project_id, hub, self.bases(lk.project_id, name))
+            if not diffs:
+                continue
+            try:
+                remote = spec.to_remote(diffs, ref=lk.ref)
+            except SkippableRecord as exc:
+                yield self._quarantine_step(name, exc)
+                continue
+            changes = [
+                Change(p, self.bases(lk.project_id, name).get(p), v, "changed in hub")
+                for p, v in diffs.items()
+            ]
+            yield Step(
+                "push_update",
+                name,
+                name,
+                lk.ref,
+                lk.project_id,
+                changes,
+                reason="hub differs from the tool's base",
+                bases=diffs,
+                remote_fields=remote,
+                record=None,
+                project={"expected_version": lk.version},
+            )
+
+    def _diffs(
+        self, name: str, pid: str, hub: dict[str, Any], bases: dict[str, Any]
+    ) -> dict[str, Any]:
+        spec = self.e.mappings[name]
+        pending = self.pending_fields(pid, name)
+        diffs: dict[str, Any] = {}
+        for path in spec.pushed_paths:
+            if path in pending:
+                continue
+            value = get_path(hub, path)
+            if path in bases:
+                if bases[path] != value:
+                    diffs[path] = value
+            elif value is not None:
+                diffs[path] = value
+        return diffs
+
+    def _push_creates(self, name: str) -> Iterable[Step]:
+        spec = self.e.mappings[name]
+        if spec.sync.create_in_tool == "never":
+            return
+        linked = {lk.project_id for lk in self._links_of(name)}
+        candidates = {p["id"]: p for p in self.store.list_projects()}
+        candidates.update(self.overlay.projects)
+        for pid, hub in candidates.items():
+            if pid in linked or not spec.sync.wants_create(hub):
+                continue
+            values = {
+                p: get_path(hub, p) for p in spec.pushed_paths if get_path(hub, p) is not None
+            }
+            try:
+                remote = spec.to_remote(values, ref=pid)
+            except SkippableRecord as exc:
+                yield self._quarantine_step(name, exc)
+                continue
+            yield Step(
+                "push_create",
+                name,
+                name,
+                None,
+                pid,
+                [Change(p, None, v, "create in tool") for p, v in values.items()],
+                reason=f"mapping creates projects in {name}",
+                bases=values,
+                remote_fields=remote,
+            )
+
+    def _execute_push(self, name: str, s: Step) -> None:
+        counts = self.report.connectors[name].counts
+        r = self.report.connectors[name]
+        if r.status != "ok":
+            return  # the tool failed earlier in this run: leave the rest for the next
+        if s.action == "quarantine":
+            if not self.dry_run:
+                self.store.quarantine(name, s.ref or "?", s.reason, s.remote_fields.get("payload"))
+            return
+        if self.dry_run:
+            assert s.project_id is not None
+            key = (s.project_id, name)
+            self.overlay.bases[key] = {**self.bases(s.project_id, name), **s.bases}
+            counts["pushed" if s.action == "push_update" else "push_created"] += 1
+            return
+        conn = self.e.connectors[name]
+        assert s.project_id is not None
+        try:
+            if s.action == "push_update":
+                assert s.ref is not None and s.project is not None
+                rec = conn.update(
+                    s.ref, s.remote_fields, expected_version=s.project.get("expected_version")
+                )
+                with self.store.transaction():
+                    self.store.set_bases(s.project_id, name, s.bases)
+                    self.store.update_link_version(name, s.ref, rec.version, rec.url)
+                counts["pushed"] += 1
+            else:
+                found = conn.find_by_stamp(s.project_id)
+                if found is None:
+                    rec = conn.create(s.remote_fields, stamp=s.project_id)
+                    counts["push_created"] += 1
+                else:
+                    # A create whose link was lost (crash): adopt it, push any difference next.
+                    s.action = "push_link"
+                    rec = found
+                    counts["push_linked"] += 1
+                with self.store.transaction():
+                    self.store.link(s.project_id, name, rec.ref, rec.version, rec.url)
+                    if found is None:
+                        self.store.set_bases(s.project_id, name, s.bases)
+        except StaleVersion:
+            counts["deferred"] += 1  # changed in the tool since the pull; merged next cycle
+        except (AuthError, RetriableError) as exc:
+            r.status, r.error = "failed", f"push: {exc}"
+            log.warning("%s: %s", name, r.error)
+        except (FatalError, SkippableRecord) as exc:
+            counts["rejected"] += 1
+            ref = s.ref or s.project_id
+            self.store.quarantine(name, ref, f"push rejected: {exc}", s.remote_fields)
+
+
+def _parse_time(v: Any) -> datetime | None:
+    if isinstance(v, datetime):
+        return v
+    if isinstance(v, str):
+        try:
+            return datetime.fromisoformat(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _brief(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
