@@ -158,6 +158,7 @@ def config_check(
 ) -> None:
     """Validate a config file and the mapping files it names; report every problem at once."""
     from bridge.mapping import load_mapping
+    from bridge.runtime import build_connector
 
     path = find_config(config)
     loaded = load_config(path)
@@ -193,17 +194,6 @@ def config_check(
             out.print(f"  {r['connector']}: {mark} {r['detail']}")
     if failed:
         raise typer.Exit(EXIT_FAIL)
-
-
-def build_connector(loaded: LoadedConfig, name: str) -> Any:
-    """Instantiate the configured connector ``name``."""
-    from bridge.registry import connector_class
-
-    if name not in loaded.connectors:
-        known = ", ".join(loaded.connectors) or "none configured"
-        raise UserError(f"no connector named {name!r} in the config (known: {known})")
-    cfg = loaded.connectors[name]
-    return connector_class(cfg.kind)(name, cfg)
 
 
 # --------------------------------------------------------------------------- db
@@ -247,6 +237,7 @@ def mappings_check(
 ) -> None:
     """Validate mapping files against the canonical model and each tool's live schema."""
     from bridge.mapping import load_mapping
+    from bridge.runtime import build_connector
 
     loaded = load(config)
     names = [connector] if connector else list(loaded.connectors)
@@ -280,6 +271,7 @@ def mappings_preview(
     from datetime import UTC, datetime
 
     from bridge.mapping import load_mapping
+    from bridge.runtime import build_connector
     from connectors.base import Cursor
 
     loaded = load(config)
@@ -373,3 +365,7 @@ def run_guarded(func: Callable[[], Any]) -> int:
 def main() -> None:
     """Console-script entry point."""
     sys.exit(run_guarded(lambda: app(prog_name="salesbridge")))
+
+
+# Commands defined in other modules register themselves on `app` when imported.
+from bridge import cli_sync, demo  # noqa: E402, F401

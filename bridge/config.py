@@ -332,6 +332,16 @@ def load_config(path: Path | None, *, data: dict[str, Any] | None = None) -> Loa
         problems += _cross_check(config, file)
     if problems or config is None:
         raise UserError(problems)
+    base = path.parent if path else Path.cwd()
+    for name, cfg in connectors.items():
+        # Paths in a connector's table are relative to the config file, like the mapping.
+        updates = {
+            k: base / v
+            for k, v in cfg.__dict__.items()
+            if isinstance(v, Path) and not v.is_absolute() and k != "mapping"
+        }
+        if updates:
+            connectors[name] = cfg.model_copy(update=updates)
     return LoadedConfig(config, path, connectors)
 
 
@@ -411,9 +421,10 @@ def _load_connector(
         ]
     model = connector_class(kind).config_model
     try:
-        return model.model_validate(table), []
+        cfg = model.model_validate(table)
     except ValidationError as exc:
         return None, _problems(exc, file, model, prefix=("connectors", name))
+    return cfg, []
 
 
 def dump_problems(problems: Iterable[Problem]) -> list[dict[str, str]]:

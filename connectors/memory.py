@@ -96,6 +96,11 @@ class MemoryConfig(ConnectorConfig):
         default_factory=lambda: list(DEFAULT_STAGES), description="options of the status field"
     )
     user: str = Field("salesbridge", description="the account the connector writes as")
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="declared fields (name -> type), listed by discover() even while no "
+        "record uses them, as a real tool lists its schema",
+    )
 
 
 @dataclass
@@ -351,6 +356,8 @@ class MemoryConnector(Connector[MemoryConfig]):
                 if not types.get(key):
                     types[key] = _type_of(value)
         stages = tuple(self.config.stage_values)
+        for key, declared in self.config.fields.items():
+            types[key] = declared
         found = [RemoteField(k, k, t or "text") for k, t in types.items() if k != "status"]
         found.append(RemoteField("status", "Status", "option", options=stages))
         return Schema(

@@ -351,7 +351,8 @@ class _RunContext:
         changes: list[Change] = []
         conflicts: list[Decision] = []
         agreed: dict[str, Any] = {}
-        hub_time = _parse_time(hub.get("updated_at"))
+        # Source time of the hub's last human change: newest_wins compares tools' own clocks.
+        hub_time = _parse_time(hub.get("last_meaningful_update_at"))
         policy = self._policy(name)
         for path, remote in values.items():
             if path in pending:
