@@ -72,8 +72,6 @@ ConflictPolicy = Literal["newest_wins", "review"]
 CreateMode = Literal["never", "all", "matching"]
 UserMatch = Literal["email", "table"]
 
-FORMAT_VERSION: Final = 1
-
 # --------------------------------------------------------------------------- compiled mapping
 
 
@@ -356,6 +354,11 @@ class _FieldModel(_Strict):
 
 
 _FIELD_KEYS = frozenset(_FieldModel.model_fields)
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "[sync]": _SyncModel,
+    "[users]": _UsersModel,
+    "a [fields.<field>] section": _FieldModel,
+}
 
 _EXAMPLES = {
     "connector": 'connector = "jira"',
@@ -402,23 +405,7 @@ _FITS: dict[str, frozenset[str]] = {
     "bool": frozenset({"bool"}),
     "list": frozenset({"list"}),
     "user": frozenset({"person"}),
-    "json": frozenset(
-        {
-            "list",
-            "records",
-            "record",
-            "table",
-            "text",
-            "int",
-            "number",
-            "bool",
-            "date",
-            "datetime",
-            "money",
-            "person",
-            "enum",
-        }
-    ),
+    "json": frozenset(_KIND_LABEL) | {"enum", "records", "record"},  # raw, checked by the model
 }
 
 _INFER: dict[str, FieldType] = {
@@ -521,11 +508,13 @@ class _Loader:
             if typ == "extra_forbidden":
                 allowed = sorted(model.model_fields) if len(loc) == 1 else []
                 close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-                hint = (
-                    f"did you mean `{close[0]}`?"
-                    if close
-                    else f"the keys allowed here are: {', '.join(allowed)}"
-                )
+                home = [n for n, m in _SECTIONS.items() if m is not model and key in m.model_fields]
+                if close:
+                    hint = f"did you mean `{close[0]}`?"
+                elif home:
+                    hint = f"`{key}` is a key of {home[0]}: move it under that section's line"
+                else:
+                    hint = f"the keys allowed here are: {', '.join(allowed)}"
                 msg = f"unknown key `{key}`; {hint}"
             elif typ == "missing":
                 msg = f"required key is missing; add it, e.g. {_EXAMPLES.get(key, key + ' = ...')}"
@@ -688,7 +677,7 @@ class _Loader:
         stamp: str | None = None
         if spec.stamp_field:
             where = _where(("sync",), "stamp_field")
-            rf, ok = self.remote(spec.stamp_field, where)
+            rf = self.remote(spec.stamp_field, where)
             stamp = rf.id if rf else spec.stamp_field
             if rf and not rf.writable:
                 self.problem(
@@ -770,21 +759,26 @@ class _Loader:
 
     # -- remote side
 
-    def remote(self, name: str, where: str) -> tuple[RemoteField | None, bool]:
-        """Resolve a remote field through the schema. (field, ok); field None without schema."""
+    def remote(self, name: str, where: str) -> RemoteField | None:
+        """Resolve a remote field through the schema; None without a schema or after a problem."""
         if self.schema is None:
-            return None, True
+            return None
         found = self.schema.resolve(name)
         if len(found) == 1:
-            return found[0], True
+            return found[0]
         if not found:
             names = [f.name for f in self.schema.fields] + [f.id for f in self.schema.fields]
             close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
             hint = f"did you mean {_q(close[0])}? " if close else ""
+            listing = (
+                f"its fields are: {_qs(f.name for f in self.schema.fields)}"
+                if len(self.schema.fields) <= 40
+                else "`salesbridge mappings preview <connector>` shows them on real records"
+            )
             self.problem(
                 where,
                 f"the tool has no field {_q(name)}; {hint}fields are matched by id or by display "
-                "name, ignoring case (run `salesbridge discover` to list them)",
+                f"name, ignoring case; {listing}",
             )
         else:
             ids = ", ".join(_q(f.id) for f in found)
@@ -793,7 +787,7 @@ class _Loader:
                 f"{len(found)} fields of the tool are named {_q(name)} (ids {ids}); write the id "
                 f"of the one you mean, e.g. remote = {_q(found[0].id)}",
             )
-        return None, False
+        return None
 
     # -- one [fields.<path>] section
 
@@ -824,7 +818,7 @@ class _Loader:
                 f'type = "{ftype}" does not fit {path}, which holds {shape.label}; use {use}',
             )
             return None  # every other check would only restate this one
-        rf, _ = self.remote(spec.remote, at("remote"))
+        rf = self.remote(spec.remote, at("remote"))
         if rf is not None:
             group = _REMOTE_GROUPS.get(rf.type.lower())
             if group and ftype not in group[1]:
@@ -868,7 +862,7 @@ class _Loader:
         if spec.assume_timezone is not None:
             tz = self.timezone(spec.assume_timezone, at("assume_timezone"))
         rid = rf.id if rf else spec.remote
-        ctx = _Ctx(path, section, rf.name if rf else spec.remote, shape, tz)
+        ctx = _Ctx(path, sec, section, rf.name if rf else spec.remote, shape, tz)
 
         if ftype == "money":
             currency, currency_id = self.money_options(spec, at, pushes)
@@ -914,10 +908,10 @@ class _Loader:
         at = f"{ctx.section} default"
         default = _toml_native(spec.default)
         if ftype == "enum":
-            maps = self.enum_maps(ctx, spec, rf, pulls, pushes)
             enum_default: Any = _MISSING
             if default is not None:
                 _ok, enum_default = self.canonical(ctx.path, ctx.shape, default, at)
+            maps = self.enum_maps(ctx, spec, rf, pulls, pushes, enum_default)
             if maps is None:
                 return _identity, _identity, None
             conv = _enum_pull(ctx, maps, enum_default)
@@ -985,7 +979,7 @@ class _Loader:
                     'currency = "USD", "EUR" or "CNY"',
                 )
         if spec.currency_field is not None:
-            rf, _ = self.remote(spec.currency_field, at("currency_field"))
+            rf = self.remote(spec.currency_field, at("currency_field"))
             field_id = rf.id if rf else spec.currency_field
             if rf is not None and pushes and not rf.writable:
                 self.problem(
@@ -995,7 +989,13 @@ class _Loader:
         return currency, field_id
 
     def enum_maps(
-        self, ctx: _Ctx, spec: _FieldModel, rf: RemoteField | None, pulls: bool, pushes: bool
+        self,
+        ctx: _Ctx,
+        spec: _FieldModel,
+        rf: RemoteField | None,
+        pulls: bool,
+        pushes: bool,
+        default: Any,
     ) -> _EnumMaps | None:
         """Check the value map of an enum field and build its forward and reverse maps."""
         before = len(self.problems)
@@ -1008,7 +1008,6 @@ class _Loader:
             options = rf.options
         folded_options = {o.casefold(): o for o in options or ()}
         forward: dict[str, Any] | None = None
-        rows: set[str] = set()  # every option with a row, valid or not (reported once)
         if spec.values is not None:
             forward = {}
             if not spec.values:
@@ -1019,7 +1018,6 @@ class _Loader:
                 )
             for option, target in spec.values.items():
                 where = _where((*sec, "values"), option)
-                rows.add(option.casefold())
                 if option in _FIELD_KEYS and option.casefold() not in folded_options:
                     self.problem(where, _misplaced(option, (*sec, "values")))
                     continue
@@ -1037,21 +1035,30 @@ class _Loader:
                     forward[option] = canon
         elif shape.domain is not None:
             forward = {d: d for d in shape.domain}
-        if forward is not None and pulls and options is not None and spec.default is None:
-            folded = rows | {k.casefold() for k in forward}
+        rows_ok = len(self.problems) == before  # else the missing rows may just be misspelt
+        if (
+            forward is not None
+            and pulls
+            and options is not None
+            and spec.default is None
+            and rows_ok
+        ):
+            folded = {k.casefold() for k in forward}
             missing = [o for o in options if o.casefold() not in folded]
             if missing:
                 example = "<stage>" if path == "stage" else "<value>"
                 self.problem(
                     _where(sec, "values"),
                     f"no row for the tool's option(s) {_qs(missing)}; add a row for each to "
-                    f"[{'.'.join(_tk(k) for k in (*sec, 'values'))}], e.g. {_q(missing[0])} = "
+                    f"{_where((*sec, 'values'))}, e.g. {_q(missing[0])} = "
                     f'"{example}", or set default = "..." in {_where(sec)} for options you '
                     "do not map",
                 )
         reverse: dict[Any, str] | None = None
         if pushes and len(self.problems) == before:  # a broken value map cannot be reversed
             reverse = self.enum_reverse(ctx, spec, forward, options)
+            if pulls and forward is not None and reverse and len(self.problems) == before:
+                self.check_read_back(ctx, spec, forward, reverse, default)
         if len(self.problems) > before:
             return None
         return _EnumMaps(
@@ -1109,8 +1116,8 @@ class _Loader:
                 self.problem(
                     _where(sec, "push_value"),
                     f"{_q(canon)} is the target of {_qs(opts)}, so it is unclear which option to "
-                    f"write when pushing; add [{'.'.join(_tk(k) for k in (*sec, 'push_value'))}] "
-                    f"{_tk(str(canon))} = {_q(opts[0])}",
+                    f"write when pushing; add {_where((*sec, 'push_value'), str(canon))} = "
+                    f"{_q(opts[0])}",
                 )
         reverse.update(chosen)
         if shape.domain is not None:
@@ -1119,10 +1126,40 @@ class _Loader:
                 self.problem(
                     _where(sec, "push_value"),
                     f"no option of the tool to write for {_qs(missing)}; add rows to "
-                    f"[{'.'.join(_tk(k) for k in (*sec, 'push_value'))}] such as "
+                    f"{_where((*sec, 'push_value'))} such as "
                     f'{_tk(missing[0])} = "<option of the tool>", or set direction = "pull"',
                 )
         return reverse
+
+    def check_read_back(
+        self,
+        ctx: _Ctx,
+        spec: _FieldModel,
+        forward: dict[str, Any],
+        reverse: dict[Any, str],
+        default: Any,
+    ) -> None:
+        """Every pushed option must read back as the value pushed.
+
+        Otherwise the bridge's own write would come back as a change made in the tool (the
+        merge compares canonical values with the base), and the hub would move.
+        """
+        folded = _fold(forward)
+        for canon, option in reverse.items():
+            back = forward.get(option, folded.get(option.casefold(), default))
+            if back == canon:
+                continue
+            if canon in (spec.push_value or {}):
+                where = _where((*ctx.keys, "push_value"), str(canon))
+            else:
+                where = _where(ctx.keys, "push_value")
+            reads = "is not in the value map" if back is _MISSING else f"reads back as {_q(back)}"
+            self.problem(
+                where,
+                f"pushing {_q(canon)} writes {_q(option)}, which {reads}: the next sync would "
+                f"take the bridge's own write for a change made in the tool. Write an option "
+                f'that reads back as {_q(canon)}, or set direction = "pull"',
+            )
 
     def user_pull(self) -> Callable[[Any], Any]:
         table = self.users.table
@@ -1192,14 +1229,11 @@ class _Ctx:
     """What a converter needs to know to explain itself."""
 
     path: str
-    section: str
+    keys: tuple[str, ...]  # ("fields", "customer", "name"): the section as written
+    section: str  # the same, rendered: [fields.customer.name]
     remote: str
     shape: _Shape
     tz: tzinfo | None
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return ("fields", *self.path.split("."))
 
 
 @dataclass(frozen=True)
@@ -1378,7 +1412,9 @@ def _money_push(ctx: _Ctx, rid: str, currency: str | None, currency_id: str | No
         if value is None:
             out[rid] = None
             return
-        amount, code = _decimal(value["amount"]), value["currency"]
+        if not isinstance(value, Mapping):
+            raise _Unmappable(f"{_show(value)} is not an amount of money")
+        amount, code = _decimal(value.get("amount")), value.get("currency")
         if currency is not None and code != currency:
             raise _Unmappable(
                 f"{value['amount']} {code}: the tool's field holds {currency} amounts only"

@@ -403,7 +403,7 @@ DUPLICATE_REGION = RemoteField("cf_201", "region", "option", ("North", "South"),
 
 BAD_FILES: list[tuple[str, str, str]] = [
     ("syntax_error.toml", "line 5, column 10", "TOML syntax error"),
-    ("unknown_top_key.toml", "conflict_policy", "unknown key `conflict_policy`"),
+    ("unknown_top_key.toml", "conflict_policy", "`conflict_policy` is a key of [sync]"),
     ("unknown_canonical_field.toml", "[fields.ammount]", "did you mean amount?"),
     ("engine_field.toml", "[fields.created_at]", "managed by the sync engine"),
     ("unknown_remote_field.toml", "[fields.amount] remote", 'did you mean "Amount"?'),
@@ -451,6 +451,16 @@ BAD_FILES: list[tuple[str, str, str]] = [
     ),
     ("owns_push_only.toml", "[fields.name] owns", 'set direction = "both" or remove owns'),
     ("create_when_bad_value.toml", "[sync.create_when] status", '"closed" is not a valid status'),
+    (
+        "push_value_reads_back_differently.toml",
+        "[fields.status.push_value] on_hold",
+        'pushing "on_hold" writes "Open", which reads back as "open"',
+    ),
+    (
+        "key_after_subtable.toml",
+        "[fields.stage.values] default",
+        "move `default` above the [fields.stage.values] line",
+    ),
 ]
 
 
@@ -504,3 +514,12 @@ def test_a_canonical_field_with_an_unknown_name_suggests_custom() -> None:
 def test_rules_are_immutable(spec: MappingSpec) -> None:
     with pytest.raises(AttributeError):
         spec.rule("amount").path = "x"  # type: ignore[misc]
+
+
+def test_the_guides_example_loads() -> None:
+    guide = (REPO / "docs" / "mappings.md").read_text(encoding="utf-8")
+    example = guide.split("```toml\n", 1)[1].split("```", 1)[0]
+    spec = parse_mapping(example, source="docs/mappings.md")
+    assert spec.sync.create_in_tool == "matching"
+    assert spec.sync.wants_create({"status": "won"})
+    assert spec.rule("stage").owns
