@@ -1,0 +1,46 @@
+"""The state store (SQLite by default, PostgreSQL by URL) and its Alembic migrations.
+
+See :mod:`bridge.store.store` for the API and :mod:`bridge.store.schema` for the tables.
+"""
+
+from bridge.store.store import (
+    Alert,
+    Conflict,
+    Event,
+    LinkConflict,
+    NewLink,
+    NotFound,
+    QuarantineEntry,
+    Run,
+    SchemaMismatch,
+    Store,
+    StoredLink,
+    StoreError,
+    Violation,
+    ViolationChange,
+    current_revision,
+    head_revision,
+    make_engine,
+    upgrade,
+)
+
+__all__ = [
+    "Alert",
+    "Conflict",
+    "Event",
+    "LinkConflict",
+    "NewLink",
+    "NotFound",
+    "QuarantineEntry",
+    "Run",
+    "SchemaMismatch",
+    "Store",
+    "StoreError",
+    "StoredLink",
+    "Violation",
+    "ViolationChange",
+    "current_revision",
+    "head_revision",
+    "make_engine",
+    "upgrade",
+]
