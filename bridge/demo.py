@@ -133,7 +133,7 @@ def demo(
         # People work in their tools between two syncs.
         crm_refs = sorted(crm.backend.records())[:6]
         board_by_stamp = {e["stamp"]: ref for ref, e in board.backend.records().items()}
-        crm.backend.edit(crm_refs[0], {"Status": "Negotiation"}, actor="li.wei@example.com")
+        crm.backend.edit(crm_refs[0], {"status": "Negotiation"}, actor="li.wei@example.com")
         crm.backend.edit(crm_refs[1], {"Amount": 123456}, actor="zhang.min@example.com")
         stamp = _project_of(rt, "crm", crm_refs[2])
         board.backend.edit(board_by_stamp[stamp], {"Priority": "Urgent"}, actor="pm@example.com")

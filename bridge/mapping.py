@@ -44,6 +44,7 @@ from bridge.model import (
     DEFAULT_STAGES,
     ENGINE_FIELDS,
     Money,
+    PathError,
     Person,
     SalesProject,
     field_paths,
@@ -712,6 +713,14 @@ class _Loader:
                 f"section (to keep the tool's value anyway, map it to custom.{root})",
             )
             return None
+        inside = _container_of(path)
+        if inside is not None:
+            self.problem(
+                where,
+                f"{path} lies inside {inside}, which is mapped as a whole: write "
+                f'[fields.{inside}] with type = "{_INFER[_shape(inside, self.lifecycle).kind]}"',
+            )
+            return None
         if not is_valid_path(path) or path == "custom":
             choices = [p for p in field_paths() if _mappable(p)]
             close = difflib.get_close_matches(path, choices, n=1, cutoff=0.6)
@@ -722,14 +731,6 @@ class _Loader:
                 f"{path or '(empty)'} is not a field of the canonical sales project; {hint}"
                 "a field with no canonical home goes under custom, e.g. "
                 f"[fields.custom.{_tk(last)}]",
-            )
-            return None
-        inside = _container_of(path)
-        if inside is not None:
-            self.problem(
-                where,
-                f"{path} lies inside {inside}, which is mapped as a whole: write "
-                f'[fields.{inside}] with type = "{_INFER[_shape(inside, self.lifecycle).kind]}"',
             )
             return None
         return _shape(path, self.lifecycle)
@@ -1596,6 +1597,11 @@ def _enum_push(ctx: _Ctx, maps: _EnumMaps) -> Callable[[Any], Any]:
 # --------------------------------------------------------------------------- helpers
 
 
+def _bare(tp: Any) -> Any:
+    """The type inside ``Annotated[...]`` (constraints and validators ride along there)."""
+    return get_args(tp)[0] if get_origin(tp) is Annotated else tp
+
+
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
     if get_origin(tp) in (Union, types.UnionType):
         args = get_args(tp)
@@ -1608,9 +1614,8 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
 def _shape(path: str, lifecycle: list[str]) -> _Shape:
     if path.startswith("custom."):
         return _Shape("any", True, _KIND_LABEL["any"])
-    tp, nullable = _strip_optional(path_annotation(path))
-    if get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
+    tp, nullable = _strip_optional(_bare(path_annotation(path)))
+    tp = _bare(tp)
     if path == "stage":
         keys = tuple(lifecycle)
         return _Shape("enum", nullable, f"a lifecycle stage ({', '.join(keys)})", keys)
@@ -1676,7 +1681,10 @@ def _container_of(path: str) -> str | None:
     parts = path.split(".")
     for i in range(1, len(parts)):
         prefix = ".".join(parts[:i])
-        tp, _ = _strip_optional(path_annotation(prefix))
+        try:
+            tp, _ = _strip_optional(_bare(path_annotation(prefix)))
+        except PathError:
+            return None
         if get_origin(tp) in (list, dict) or tp is Money:
             return prefix
     return None

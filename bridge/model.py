@@ -16,7 +16,8 @@ import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -26,7 +27,6 @@ from pydantic import (
     TypeAdapter,
     field_validator,
 )
-from pydantic.fields import FieldInfo
 
 
 def _utc(value: datetime) -> datetime:
@@ -398,18 +398,12 @@ class PathError(KeyError):
     """A dotted path that does not name a canonical field."""
 
 
-def _field_annotation(model: type[BaseModel], name: str) -> Any:
-    info: FieldInfo | None = model.model_fields.get(name)
-    if info is None:
-        raise PathError(name)
-    return info.annotation
-
-
 def _unwrap_optional(tp: Any) -> Any:
-    args = [a for a in get_args(tp) if a is not type(None)]
-    if get_origin(tp) in (None, Annotated) or len(args) != 1:
+    """``X | None`` -> ``X``; anything else unchanged (a list is not unwrapped)."""
+    if get_origin(tp) not in (Union, UnionType):
         return tp
-    return args[0]
+    args = [a for a in get_args(tp) if a is not type(None)]
+    return args[0] if len(args) == 1 else tp
 
 
 def path_annotation(path: str) -> Any:
@@ -421,7 +415,11 @@ def path_annotation(path: str) -> Any:
     model: type[BaseModel] = SalesProject
     tp: Any = None
     for i, part in enumerate(parts):
-        tp = _field_annotation(model, part)
+        info = model.model_fields.get(part)
+        if info is None:
+            raise PathError(path)
+        # Keep the field's constraints (probability 0..100) with its type.
+        tp = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
         if part == "custom" and model is SalesProject:
             if len(parts) == 2 and parts[1]:
                 return CustomValue
