@@ -46,7 +46,7 @@ from bridge.store import Store
 from bridge.store.store import Event, StoredLink
 from bridge.sync.merge import NO_BASE, Decision, Policy, merge_field
 from bridge.sync.plan import Action, Change, Plan, Step
-from connectors.base import Connector, ConnectorConfig, Page, RemoteRecord
+from connectors.base import Connector, ConnectorConfig, Cursor, Page, RemoteRecord
 
 log = logging.getLogger("salesbridge.sync")
 
@@ -143,6 +143,11 @@ class SyncEngine:
         try:
             ctx.pull_all(names)
             ctx.push_all(names)
+        except BaseException as exc:  # the run dies: its history must not say "ok"
+            for r in report.connectors.values():
+                if r.status == "ok":
+                    r.status, r.error = "failed", f"interrupted: {type(exc).__name__}: {exc}"
+            raise
         finally:
             if not dry_run:
                 for n, rid in run_ids.items():
@@ -209,6 +214,9 @@ class _RunContext:
         self.run_ids: dict[str, int] = {}
         self.signpost = engine.clock()
         self.pull_failed: set[str] = set()
+        # A cursor past a vanished record is saved only once that record is unlinked: a
+        # breaker trip or a crash before then must see the record vanish again next run.
+        self.held_cursor: dict[str, Cursor] = {}
 
     # ------------------------------------------------------------------ reads through overlay
 
@@ -240,14 +248,28 @@ class _RunContext:
         pages: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2 * max(1, len(names)))
         cursors = {n: self.store.get_cursor(n) for n in names}
 
+        stop = threading.Event()
+
+        def put(item: tuple[str, Any]) -> bool:
+            # If the consumer dies (a crash, an unexpected error) nobody drains the queue:
+            # a plain put() would block the worker, and the pool's shutdown, forever.
+            while not stop.is_set():
+                try:
+                    pages.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def worker(name: str) -> None:
             conn = self.e.connectors[name]
             try:
                 for page in conn.pull(cursors[name], signpost=self.signpost, full=self.full):
-                    pages.put((name, page))
-                pages.put((name, _DONE))
+                    if not put((name, page)):
+                        return
+                put((name, _DONE))
             except BaseException as exc:  # handed to the consumer, which decides
-                pages.put((name, exc))
+                put((name, exc))
 
         seen: dict[str, set[str]] = {n: set() for n in names}
         vanished: dict[str, list[StoredLink]] = {n: [] for n in names}
@@ -255,22 +277,25 @@ class _RunContext:
         with ThreadPoolExecutor(max_workers=min(self.e.max_workers, max(1, len(names)))) as pool:
             for n in names:
                 pool.submit(worker, n)
-            while open_workers:
-                name, item = pages.get()
-                if item is _DONE or isinstance(item, BaseException):
-                    open_workers -= 1
-                    if isinstance(item, BaseException):
-                        self._pull_error(name, item)
-                    else:
-                        self._finish_pull(name, seen[name], vanished[name])
-                    continue
-                if name in self.pull_failed:
-                    continue
-                try:
-                    self._apply_page(name, item, seen[name], vanished[name])
-                except ConnectorError as exc:
-                    self._pull_error(name, exc)
-                self.progress(name, "pull", len(item.records))
+            try:
+                while open_workers:
+                    name, item = pages.get()
+                    if item is _DONE or isinstance(item, BaseException):
+                        open_workers -= 1
+                        if isinstance(item, BaseException):
+                            self._pull_error(name, item)
+                        else:
+                            self._finish_pull(name, seen[name], vanished[name])
+                        continue
+                    if name in self.pull_failed:
+                        continue
+                    try:
+                        self._apply_page(name, item, seen[name], vanished[name])
+                    except ConnectorError as exc:
+                        self._pull_error(name, exc)
+                    self.progress(name, "pull", len(item.records))
+            finally:
+                stop.set()
 
     def _pull_error(self, name: str, exc: BaseException) -> None:
         self.pull_failed.add(name)
@@ -315,7 +340,7 @@ class _RunContext:
                 steps.append(step)
         for s in steps:
             self.report.plan.steps.append(s)
-        self._execute_pull_steps(name, steps, page)
+        self._execute_pull_steps(name, steps, page, hold=bool(vanished))
 
     def _quarantine_step(self, name: str, exc: SkippableRecord) -> Step:
         self.report.connectors[name].counts["quarantined"] += 1
@@ -380,7 +405,8 @@ class _RunContext:
         if changes:
             self._touch(new, changes, rec, when)
             try:
-                SalesProject.model_validate(new)
+                # The stored JSON form: merges compare it with what tools read back.
+                new = SalesProject.model_validate(new).to_json()
             except ValidationError as exc:
                 reason = f"mapped values are invalid: {_brief(exc)}"
                 return self._quarantine_step(
@@ -452,7 +478,11 @@ class _RunContext:
     def _policy(self, name: str) -> Policy:
         return self.e.mappings[name].sync.conflict_policy or self.e.policy
 
-    def _execute_pull_steps(self, name: str, steps: list[Step], page: Page) -> None:
+    def _execute_pull_steps(
+        self, name: str, steps: list[Step], page: Page, *, hold: bool = False
+    ) -> None:
+        if hold and page.cursor is not None:
+            self.held_cursor[name] = page.cursor
         if self.dry_run:
             for s in steps:
                 self._overlay_step(name, s)
@@ -461,7 +491,7 @@ class _RunContext:
         with self.store.transaction():
             for s in steps:
                 self._store_step(name, s, rid)
-            if page.cursor is not None:
+            if page.cursor is not None and not hold:
                 self.store.save_cursor(name, page.cursor)
 
     def _overlay_step(self, name: str, s: Step) -> None:
@@ -532,6 +562,7 @@ class _RunContext:
                 if lk.ref not in seen and lk.ref not in known
             )
         if not vanished:
+            self._release_cursor(name)
             return
         linked = self.store.count_links(name)
         limit = max(1.0, self.e.breaker_threshold * linked)
@@ -559,8 +590,14 @@ class _RunContext:
                 self.store.unlink(name, lk.ref)
                 if not self.store.links_for_project(lk.project_id):
                     self.store.tombstone_project(lk.project_id)
+        self._release_cursor(name)
         if not self.dry_run and self.force:
             self.store.clear_alerts(name, "breaker")
+
+    def _release_cursor(self, name: str) -> None:
+        held = self.held_cursor.pop(name, None)
+        if held is not None and not self.dry_run:
+            self.store.save_cursor(name, held)
 
     # ------------------------------------------------------------------ push
 
@@ -643,7 +680,12 @@ class _RunContext:
         spec = self.e.mappings[name]
         if spec.sync.create_in_tool == "never":
             return
+        # A project whose record here was deleted or archived is not created again: the
+        # deletion was a person's decision in this tool (live links plus dead ones).
         linked = {lk.project_id for lk in self._links_of(name)}
+        linked |= {
+            lk.project_id for lk in self.store.links_for_connector(name, include_unlinked=True)
+        }
         candidates = {p["id"]: p for p in self.store.list_projects()}
         candidates.update(self.overlay.projects)
         for pid, hub in candidates.items():
