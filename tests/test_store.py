@@ -32,6 +32,7 @@ from bridge.store import (
     Store,
     StoreError,
     current_revision,
+    downgrade,
     head_revision,
     make_engine,
     upgrade,
@@ -137,6 +138,13 @@ def test_existing_sqlite_file_is_reused(tmp_path: Path) -> None:
         s.set_meta("k", "v")
     with Store.open(url) as s:
         assert s.get_meta("k") == "v"
+
+
+def test_in_memory_sqlite_works() -> None:
+    with Store.open("sqlite://") as s:
+        s.put_project(project(id="sb-1"))
+        assert s.current_revision() == "0002"
+        assert s.get_project("sb-1") is not None
 
 
 def test_unsupported_url_is_refused() -> None:
@@ -253,6 +261,24 @@ def test_migrations_upgrade_a_database_at_the_previous_revision(db_url: str) -> 
         assert s.escalate_violation("open", "sb-1", period="2026-03")
 
 
+def test_migrations_downgrade_and_upgrade_again(db_url: str) -> None:
+    with Store.open(db_url) as s:
+        s.put_project(project(id="sb-1"))
+        s.open_violation("stale", "sb-1", severity="low", at=T0)
+        s.escalate_violation("stale", "sb-1", at=T0 + timedelta(days=1))
+        s.add_alert("jira", "breaker", "tripped")
+    assert downgrade(db_url, "0001") == "0001"
+    assert "alerts" not in tables_in(db_url)
+    assert "violation_history" not in tables_in(db_url)
+    assert upgrade(db_url) == "0002"
+    with Store.open(db_url) as s:  # the status is rebuilt from the timestamps
+        [v] = s.list_violations()
+        assert v.status == "escalated"
+        assert [h.action for h in s.violation_history(v.id)] == ["opened", "escalated"]
+    assert downgrade(db_url, "base") is None
+    assert "projects" not in tables_in(db_url)
+
+
 def test_open_refuses_a_database_from_a_newer_salesbridge(db_url: str) -> None:
     upgrade(db_url)
     engine = make_engine(db_url)
@@ -354,6 +380,10 @@ def test_projects_filters_streaming_and_tombstones(store: Store) -> None:
     assert store.count_projects() == 24
     store.put_project(ps[3])  # re-putting keeps the tombstone
     assert store.tombstoned_at("sb-0003") == T0
+    assert store.restore_project("sb-0003")
+    assert not store.restore_project("sb-0003")
+    assert store.tombstoned_at("sb-0003") is None
+    assert store.count_projects() == 25
     assert set(store.get_projects(["sb-0001", "sb-0002", "sb-x"])) == {"sb-0001", "sb-0002"}
 
 
@@ -634,6 +664,8 @@ def test_quarantine_upserts_while_unresolved(store: Store) -> None:
     assert entry.payload == {"key": "S-9", "when": "2026-01-01T00:00:00+00:00"}
     store.quarantine("trello", "c1", "odd", object())  # anything unknown is kept as its repr
     assert store.list_quarantine("trello")[0].payload.startswith("<object object")
+    store.quarantine("trello", "c1", "odd", {"p": float("nan"), "d": Decimal("1.5")})
+    assert store.list_quarantine("trello")[0].payload == {"p": "NaN", "d": "1.5"}
     assert len(store.list_quarantine()) == 2
 
     assert store.resolve_quarantine(first, at=T0)

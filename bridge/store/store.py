@@ -68,12 +68,13 @@ __all__ = [
     "Violation",
     "ViolationChange",
     "current_revision",
+    "downgrade",
     "head_revision",
     "make_engine",
     "upgrade",
 ]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"  # package data, never the cwd
 BUSY_TIMEOUT_MS = 30_000
 _CHUNK = 500  # ids per IN (...) list
 _BEGIN = "salesbridge_sqlite_begin"  # execution option: how a SQLite transaction begins
@@ -274,7 +275,8 @@ def _json_safe(value: object) -> Any:
         except TypeError:
             return repr(o)
 
-    return json.loads(json.dumps(value, default=lenient, allow_nan=False))
+    # NaN and infinities (which JSON lacks) come back as the strings "NaN", "Infinity"...
+    return json.loads(json.dumps(value, default=lenient), parse_constant=str)
 
 
 # --------------------------------------------------------------------------- engine
@@ -411,6 +413,26 @@ def upgrade(url: str | sa.URL, revision: str = "head") -> str | None:
     engine = make_engine(url)
     try:
         return _upgrade_engine(engine, revision)
+    finally:
+        engine.dispose()
+
+
+def downgrade(url: str | sa.URL, revision: str) -> str | None:
+    """Migrate the database at ``url`` back to ``revision`` (``base`` empties it).
+
+    For rolling back a salesbridge upgrade; data in what the newer revisions added is lost.
+    """
+    engine = make_engine(url)
+    try:
+        cfg = _alembic_config()
+        with engine.connect() as conn:
+            conn = conn.execution_options(**{_BEGIN: "IMMEDIATE"})
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+                cfg.attributes["connection"] = conn
+                command.downgrade(cfg, revision)
+                return _revision_of(conn)
     finally:
         engine.dispose()
 
@@ -810,6 +832,17 @@ class Store:
             sa.update(p)
             .where(p.c.id == project_id, p.c.tombstoned_at.is_(None))
             .values(tombstoned_at=self._now(at))
+        )
+        with self._use(write=True) as conn:
+            return conn.execute(stmt).rowcount > 0
+
+    def restore_project(self, project_id: str) -> bool:
+        """Undo a tombstone. True if the project was tombstoned."""
+        p = t.projects
+        stmt = (
+            sa.update(p)
+            .where(p.c.id == project_id, p.c.tombstoned_at.is_not(None))
+            .values(tombstoned_at=None)
         )
         with self._use(write=True) as conn:
             return conn.execute(stmt).rowcount > 0
