@@ -234,6 +234,7 @@ def mappings_check(
     offline: Annotated[
         bool, typer.Option("--offline", help="Do not ask the tools for their live schema.")
     ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Validate mapping files against the canonical model and each tool's live schema."""
     from bridge.mapping import load_mapping
@@ -242,22 +243,36 @@ def mappings_check(
     loaded = load(config)
     names = [connector] if connector else list(loaded.connectors)
     problems = []
-    out = console()
+    checked = []
     for name in names:
-        conn = build_connector(loaded, name)
-        with conn:
+        with build_connector(loaded, name) as conn:
             schema_ = None if offline else conn.discover()
             try:
-                load_mapping(
+                spec = load_mapping(
                     loaded.mapping_path(name),
                     schema_,
                     lifecycle_keys=loaded.config.lifecycle.keys,
+                    connector=conn.kind,
                 )
-                out.print(f"[green]OK[/green] {name}: {loaded.mapping_path(name)}")
+                checked.append(
+                    {
+                        "connector": name,
+                        "file": str(loaded.mapping_path(name)),
+                        "fields": len(spec.rules),
+                        "live_schema": not offline,
+                    }
+                )
             except UserError as exc:
-                problems += exc.problems
+                problems += [p for p in exc.problems if p not in problems]
     if problems:
         raise UserError(problems)
+    if as_json:
+        print_json(checked)
+        return
+    for row in checked:
+        console().print(
+            f"[green]OK[/green] {row['connector']}: {row['file']} ({row['fields']} fields)"
+        )
 
 
 @mappings_app.command("preview")
