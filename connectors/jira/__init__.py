@@ -1,0 +1,1 @@
+"""Jira Cloud and Jira Data Center: the connector and its emulator."""
