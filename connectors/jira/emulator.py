@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -615,8 +616,8 @@ class JiraEmulator(Emulator):
         user = self._author(author)
         with self._lock:
             issue = self._create(values, user, "2", created=created)
-            if status is not None and status != issue.fields["status"]["name"]:
-                self._set_status(issue, status, user)
+            if status is not None:
+                self.transition_path(issue.key, status, author=user)
             return issue.key
 
     def edit_issue(
@@ -671,6 +672,33 @@ class JiraEmulator(Emulator):
                 for k, v in (fields or {}).items()
             }
             self._do_transition(issue, options[0], values, {}, user, "2")
+
+    def transition_path(
+        self, key: str, status: str, *, author: str | JiraUser | None = None
+    ) -> None:
+        """Walk the shortest chain of transitions to ``status``, one changelog entry per step,
+        skipping required-field checks (a seeding shortcut, not something a person can do)."""
+        user = self._author(author)
+        with self._lock:
+            issue = self._get(key)
+            proj = self._project_of(issue)
+            path = _path(proj.workflow, issue.fields["status"]["name"], status)
+            if path is None:
+                raise ValueError(f"{key}: {status!r} is not reachable in {proj.workflow.name}")
+            for t in path:
+                self._do_transition(issue, t, {}, {}, user, "2", check_required=False)
+
+    def load_devlake(self, directory: Path) -> list[str]:
+        """Load DevLake's captured Jira Cloud tables (see :mod:`connectors.jira.seed`)."""
+        from connectors.jira.seed import load_devlake
+
+        return load_devlake(self, directory)
+
+    def seed_sales(self, count: int = 24, *, seed: int = 7) -> list[str]:
+        """Add the SALES project and ``count`` generated sales projects (see the seed module)."""
+        from connectors.jira.seed import seed_sales
+
+        return seed_sales(self, count, seed=seed)
 
     def issue(self, key: str, *, api: str = "3") -> Json:
         """The issue as ``GET /rest/api/{api}/issue/{key}?expand=changelog`` shows it."""
@@ -1070,15 +1098,6 @@ class JiraEmulator(Emulator):
             {"from": ids[0], "fromString": _display(old), "to": ids[1], "toString": _display(new)}
         )
         return item
-
-    def _set_status(self, issue: _Issue, target: str, user: JiraUser) -> None:
-        """Walk the shortest path of transitions to ``target`` (seeds and add_issue)."""
-        proj = self._project_of(issue)
-        path = _path(proj.workflow, issue.fields["status"]["name"], target)
-        if path is None:
-            raise ValueError(f"{issue.key}: {target!r} is not reachable in {proj.workflow.name}")
-        for t in path:
-            self._do_transition(issue, t, {}, {}, user, "2", check_required=False)
 
     def _do_transition(
         self,
