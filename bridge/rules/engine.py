@@ -1,0 +1,533 @@
+"""The evaluator: a compiled rule pack applied to one project at a time.
+
+Two layers. :func:`bridge.rules.facts.derive` computes the documented facts of a project once;
+then each rule's CEL expressions (compiled once, at load) combine them. A CEL program is a pure
+function of the facts it reads, so each compiled expression remembers its result per distinct
+combination of those facts (``stage``, ``priority``, ``deliverable.proposal``...): across a
+portfolio most projects share them, and the expression library is only called for new ones.
+That cache lives in the pack object (no global state) and is bounded.
+
+Outcome of one rule on one project: ``pass``, ``fail`` (a violation), ``skip`` (the rule does
+not apply: its ``when`` is false, the status is not checked, or the project is not tracked) or
+``error`` (the expression failed on this project's values; reported, the other rules go on).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
+
+import cel
+
+from bridge.model import DELIVERABLE_ORDER, LEVEL_ORDER, SalesProject
+from bridge.rules.calendar import Calendar
+from bridge.rules.facts import CONSTANTS, FACTS, Detail, FactPlan, derive
+from bridge.store.store import Event
+
+__all__ = [
+    "LANGS",
+    "AdmissionDecision",
+    "AdmissionRule",
+    "Checklist",
+    "Evaluation",
+    "Expr",
+    "Outcome",
+    "Rule",
+    "RuleResult",
+]
+
+LANGS: Final = ("en", "zh-CN")
+Outcome = Literal["pass", "fail", "skip", "error"]
+Text = Mapping[str, str]
+"""A text in every language of :data:`LANGS`."""
+
+_MEMO_LIMIT = 200_000
+_ABSENT: Final = object()
+_TOKENS = re.compile(
+    r'"""(?:.|\n)*?"""|\'\'\'(?:.|\n)*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\''
+    r"|[A-Za-z_][A-Za-z0-9_]*"
+)
+_COMPREHENSION = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
+_KEYED = re.compile(r'\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*"([^"\\]*)"\s*\]|\[\s*\'([^\'\\]*)\'\s*\])')
+
+
+def text_in(text: Text, lang: str) -> str:
+    """``text`` in ``lang`` (``zh``, ``zh-CN``... all read the Chinese text), else English."""
+    if lang.lower().startswith("zh"):
+        return text.get("zh-CN") or text.get("en", "")
+    return text.get("en", "")
+
+
+# --------------------------------------------------------------------------- expressions
+
+
+class ExprError(Exception):
+    """An expression failed on one project's facts."""
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable stand-in for a fact value that keeps CEL's distinctions (1, 1.0, true)."""
+    if isinstance(value, dict):
+        return tuple((k, _freeze(v)) for k, v in sorted(value.items()))
+    if isinstance(value, list | tuple):
+        return (list, *(_freeze(v) for v in value))
+    if isinstance(value, bool | float):
+        return (type(value), value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """What an expression reads: whole facts, and single keys of map facts."""
+
+    whole: tuple[str, ...]
+    keyed: tuple[tuple[str, str], ...]
+
+    def names(self) -> tuple[str, ...]:
+        seen = dict.fromkeys(self.whole)
+        seen.update(dict.fromkeys(k for k, _ in self.keyed))
+        return tuple(seen)
+
+    def labels(self) -> list[str]:
+        return [*self.whole, *(f"{f}.{k}" for f, k in self.keyed)]
+
+
+def analyse(source: str) -> tuple[str, set[str], dict[str, set[str] | None]]:
+    """Rewrite rank constants (``HIGH`` -> ``2``) and find the identifiers an expression uses.
+
+    Returns the rewritten source, the names bound by comprehensions (``x`` in
+    ``list.exists(x, ...)``), and per identifier the keys it is read with
+    (``deliverable.proposal`` -> {"proposal"}), or None when it is also used whole.
+    """
+    out: list[str] = []
+    pos = 0
+    used: dict[str, set[str] | None] = {}
+    for m in _TOKENS.finditer(source):
+        tok = m.group(0)
+        if tok[0] in "\"'":
+            continue
+        before = source[: m.start()].rstrip()
+        if before.endswith("."):
+            continue  # a field name: custom.HIGH is not the constant
+        if tok in CONSTANTS:
+            out.append(source[pos : m.start()])
+            out.append(str(CONSTANTS[tok]))
+            pos = m.end()
+            continue
+        if tok in ("true", "false", "null", "in", "has", "size", "int", "double", "string"):
+            continue
+        k = _KEYED.match(source, m.end())
+        if k and source[k.end() :].lstrip().startswith("("):
+            k = None  # a method call: x.exists(...) reads x whole
+        if k and not source[m.end() :].lstrip().startswith("("):
+            key = k.group(1) or k.group(2) or k.group(3) or ""
+            prev = used.get(tok, set())
+            if prev is not None:
+                prev.add(key)
+                used[tok] = prev
+        else:
+            used[tok] = None
+    out.append(source[pos:])
+    bound = set(_COMPREHENSION.findall(source))
+    return "".join(out), bound, used
+
+
+class Expr:
+    """A compiled CEL expression with its memo. ``where`` names it in the file."""
+
+    __slots__ = ("_key", "_memo", "names", "program", "reads", "source", "where")
+
+    def __init__(self, source: str, where: str, program: Any, reads: Reads) -> None:
+        self.source = source
+        self.where = where
+        self.program = program
+        self.reads = reads
+        self.names = reads.names()
+        self._memo: dict[Any, Any] = {}
+        self._key = self._key_function()
+
+    def _key_function(self) -> Callable[[Mapping[str, Any]], Any]:
+        whole = self.reads.whole
+        keyed = self.reads.keyed
+        simple = [n for n in whole if FACTS.get(n) is not None and FACTS[n].shape == "scalar"]
+        if not keyed and len(simple) == len(whole):
+            if len(whole) == 1:
+                name = whole[0]
+                return lambda f: _freeze(f[name]) if type(f[name]) in (bool, float) else f[name]
+            names = tuple(whole)
+            return lambda f: tuple(_freeze(f[n]) for n in names)
+        return lambda f: (
+            tuple(_freeze(f[n]) for n in whole)
+            + tuple(_freeze(f[m].get(k, _ABSENT)) for m, k in keyed)
+        )
+
+    def __repr__(self) -> str:
+        return f"Expr({self.source!r})"
+
+    def run(self, facts: Mapping[str, Any]) -> Any:
+        """The expression's value on ``facts``; raises ExprError when CEL refuses."""
+        key = self._key(facts)
+        hit = self._memo.get(key, _ABSENT)
+        if hit is _ABSENT:
+            try:
+                hit = self.program.execute({n: facts[n] for n in self.names})
+            except Exception as exc:  # the library raises TypeError, KeyError, RuntimeError...
+                hit = ExprError(_runtime_message(exc))
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[key] = hit
+        if isinstance(hit, ExprError):
+            raise hit
+        return hit
+
+    def test(self, facts: Mapping[str, Any]) -> bool:
+        value = self.run(facts)
+        if not isinstance(value, bool):
+            raise ExprError(f"gave {value!r}, not true or false")
+        return value
+
+    def evidence(self, facts: Mapping[str, Any]) -> dict[str, Any]:
+        """The values this expression read, ranks spelled out (``deliverable.proposal: draft``)."""
+        out: dict[str, Any] = {}
+        for name in self.reads.whole:
+            out[name] = readable(name, facts.get(name))
+        for name, key in self.reads.keyed:
+            m = facts.get(name)
+            out[f"{name}.{key}"] = readable(name, m.get(key) if isinstance(m, dict) else None)
+        return out
+
+
+_LEVEL_NAMES = {v: k for k, v in LEVEL_ORDER.items()}
+_STATUS_NAMES = {v: k for k, v in DELIVERABLE_ORDER.items()}
+
+
+def readable(name: str, value: Any) -> Any:
+    """A fact value as a person reads it: ranks by name, -1 as "unset"."""
+    fact = FACTS.get(name)
+    if fact is None or fact.rank is None:
+        return value
+    names = _LEVEL_NAMES if fact.rank == "level" else _STATUS_NAMES
+    if isinstance(value, dict):
+        return {k: names.get(v, "unset") for k, v in value.items()}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return names.get(value, "unset")
+    return value
+
+
+def _runtime_message(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return (
+            f"no key {exc.args[0]!r} in this project's values; guard optional keys with "
+            f"has(), e.g. has(custom.{exc.args[0]})"
+        )
+    text = str(exc).split(". CEL does not coerce")[0]
+    if "No such overload" in text:
+        text += " (a fact is probably null here: guard it with `x != null && ...`)"
+    return text
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One compiled rule. ``kind``: rule, entry, exit, cadence or trigger."""
+
+    id: str
+    kind: str
+    title: Text
+    message: Text
+    severity: str
+    check: Expr
+    when: Expr | None = None
+    statuses: frozenset[str] = frozenset({"open"})
+    period: str = "none"
+    escalate_after: timedelta | None = None
+    annotate: bool = False
+    note: Text | None = None
+    evidence: tuple[str, ...] = ()
+    stage: str | None = None
+    source: str = ""
+    section: str = ""
+
+    def title_in(self, lang: str) -> str:
+        return text_in(self.title, lang)
+
+
+@dataclass(frozen=True, slots=True)
+class Checklist:
+    """A k-of-n checklist: ``checklist.<name>`` counts the items that hold."""
+
+    name: str
+    title: Text
+    items: tuple[tuple[str, Expr], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionRule:
+    id: str
+    when: Expr
+    track: bool
+    reason: Text
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionDecision:
+    """Whether the project is a tracked sales project, by which rule of which version."""
+
+    tracked: bool
+    rule_version: str
+    rule: str | None
+    reason: Text
+    error: str | None = None
+
+    def reason_in(self, lang: str) -> str:
+        return text_in(self.reason, lang)
+
+    def as_admission(self, decided_at: datetime) -> dict[str, Any]:
+        """The ``SalesProject.admission`` JSON value for this decision (reason in English)."""
+        reason = text_in(self.reason, "en")
+        if self.rule:
+            reason = f"{self.rule}: {reason}"
+        return {
+            "tracked": self.tracked,
+            "rule_version": self.rule_version,
+            "reason": reason,
+            "decided_at": decided_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    """One rule on one project.
+
+    ``evidence`` holds the values that decided the outcome; ``period`` is the part of the
+    violation key that lets the same rule fail again later as a new violation (a new stale
+    gap, a new trigger); ``since`` is when the condition started, when known.
+    """
+
+    rule: Rule
+    outcome: Outcome
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    period: str = ""
+    since: datetime | None = None
+    why: str = ""
+    facts: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome == "fail"
+
+    def message(self, lang: str = "en") -> str:
+        """The rule's message in ``lang`` with its ``{placeholders}`` filled in."""
+        return fill(text_in(self.rule.message, lang), self.facts, self.evidence)
+
+    def annotation(self, lang: str = "en") -> str | None:
+        """The short text to write back to the project's records, if the rule annotates."""
+        if not (self.failed and self.rule.annotate):
+            return None
+        return fill(text_in(self.rule.note or self.rule.title, lang), self.facts, self.evidence)
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
+
+
+def fill(template: str, facts: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
+    """Replace ``{fact}`` / ``{fact.key}`` with the project's values (ranks by name)."""
+
+    def one(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name in extra:
+            value = extra[name]
+        else:
+            head, _, key = name.partition(".")
+            value = facts.get(head)
+            if key:
+                value = value.get(key) if isinstance(value, dict) else None
+            value = readable(head, value)
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:,.0f}"
+        if isinstance(value, list):
+            return ", ".join(str(v) for v in value) or "-"
+        return str(value)
+
+    return _PLACEHOLDER.sub(one, template)
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Everything the pack says about one project at ``now``."""
+
+    project_id: str
+    owner: str | None
+    team: str | None
+    now: datetime
+    admission: AdmissionDecision
+    results: tuple[RuleResult, ...]
+    facts: Mapping[str, Any]
+    detail: Detail
+
+    @property
+    def violations(self) -> list[RuleResult]:
+        return [r for r in self.results if r.outcome == "fail"]
+
+    @property
+    def errors(self) -> list[RuleResult]:
+        return [r for r in self.results if r.outcome == "error"]
+
+    def annotations(self, lang: str = "en") -> list[str]:
+        """Short texts of the failed rules that annotate, for the write-back to the tools."""
+        return [t for r in self.results if (t := r.annotation(lang))]
+
+
+# --------------------------------------------------------------------------- the evaluator
+
+
+class Evaluator:
+    """Applies checklists, admission and rules. Built by the loader; see ``RulePack``."""
+
+    def __init__(
+        self,
+        plan: FactPlan,
+        checklists: Sequence[Checklist],
+        admission: Sequence[AdmissionRule],
+        admission_version: str,
+        otherwise: AdmissionDecision,
+        rules: Sequence[Rule],
+    ) -> None:
+        self.plan = plan
+        self.checklists = tuple(checklists)
+        self.admission_rules = tuple(admission)
+        self.admission_version = admission_version
+        self.otherwise = otherwise
+        self.rules = tuple(rules)
+
+    def evaluate(
+        self,
+        project: SalesProject | Mapping[str, Any],
+        events: Iterable[Event] = (),
+        now: datetime | None = None,
+        team: Calendar | None = None,
+        *,
+        explain: bool = False,
+    ) -> Evaluation:
+        """Evaluate one project (its model or canonical JSON) with its event log.
+
+        ``now`` defaults to the current time; ``team`` is the team's calendar (UTC, no
+        holidays when None). With ``explain`` the checks of rules that do not apply are still
+        computed, so ``why`` can say whether they would pass.
+        """
+        data = project.to_json() if isinstance(project, SalesProject) else project
+        now = (now or datetime.now(UTC)).astimezone(UTC)
+        cal = team or Calendar()
+        evs = events if isinstance(events, Sequence) else list(events)
+        facts, detail = derive(data, evs, now, cal, self.plan)
+        checklist: dict[str, int] = {}
+        facts["checklist"] = checklist
+        for cl in self.checklists:
+            n = 0
+            for _item, expr in cl.items:
+                try:
+                    n += expr.test(facts)
+                except ExprError:
+                    pass  # an item that cannot be decided does not count
+            checklist[cl.name] = n
+        admission = self.admit(facts)
+        results = tuple(self._rule(r, facts, detail, admission, explain) for r in self.rules)
+        owner = facts["owner"] or None
+        return Evaluation(
+            project_id=str(data.get("id") or ""),
+            owner=owner,
+            team=facts["team"] or None,
+            now=now,
+            admission=admission,
+            results=results,
+            facts=facts,
+            detail=detail,
+        )
+
+    def admit(self, facts: Mapping[str, Any]) -> AdmissionDecision:
+        for a in self.admission_rules:
+            try:
+                hit = a.when.test(facts)
+            except ExprError as exc:
+                # A rule that cannot decide is not a reason to drop a project: keep looking.
+                if a is self.admission_rules[-1]:
+                    return AdmissionDecision(
+                        self.otherwise.tracked,
+                        self.admission_version,
+                        None,
+                        self.otherwise.reason,
+                        error=f"{a.when.where}: {exc}",
+                    )
+                continue
+            if hit:
+                return AdmissionDecision(a.track, self.admission_version, a.id, a.reason)
+        return self.otherwise
+
+    def _rule(
+        self,
+        rule: Rule,
+        facts: dict[str, Any],
+        detail: Detail,
+        admission: AdmissionDecision,
+        explain: bool,
+    ) -> RuleResult:
+        if not admission.tracked:
+            return RuleResult(rule, "skip", why="not a tracked project (admission)", facts=facts)
+        if facts["status"] not in rule.statuses:
+            why = f"status {facts['status']} is not checked (checked: {', '.join(rule.statuses)})"
+            return RuleResult(rule, "skip", why=why, facts=facts)
+        try:
+            if rule.when is not None and not rule.when.test(facts):
+                why = f"does not apply: {rule.when.source}"
+                if explain:
+                    holds = rule.check.test(facts)
+                    why += f" (the check would {'pass' if holds else 'fail'})"
+                return RuleResult(
+                    rule, "skip", rule.when.evidence(facts), why=why, facts=facts
+                )
+            ok = rule.check.test(facts)
+        except ExprError as exc:
+            return RuleResult(rule, "error", why=str(exc), facts=facts)
+        evidence = rule.check.evidence(facts)
+        for name in rule.evidence:
+            evidence[name] = readable(name, facts.get(name))
+        if ok:
+            return RuleResult(rule, "pass", evidence, why=rule.check.source, facts=facts)
+        period, since = self._period(rule, facts, detail)
+        if since is not None:
+            evidence["since"] = since.isoformat()
+        return RuleResult(
+            rule, "fail", evidence, period, since, why=f"not {rule.check.source}", facts=facts
+        )
+
+    def _period(
+        self, rule: Rule, facts: Mapping[str, Any], detail: Detail
+    ) -> tuple[str, datetime | None]:
+        since: datetime | None = None
+        if rule.kind == "cadence":
+            since = detail.cadence_since
+        elif rule.kind == "trigger":
+            hit = detail.triggers.get(rule.id.removeprefix("trigger."))
+            if hit is not None:
+                since = hit[1]
+        elif rule.kind in ("entry", "exit"):
+            since = detail.stage_entered
+        p = rule.period
+        if p == "none":
+            return "", since
+        if p == "last_update":
+            lu = detail.last_update
+            return ("never" if lu is None else lu.isoformat()), since
+        if p == "trigger":
+            hit = detail.triggers.get(rule.id.removeprefix("trigger."))
+            return ("" if hit is None else hit[0].at.isoformat()), since
+        # stage: one violation per visit of a stage
+        se = detail.stage_entered
+        return f"{facts['stage']}@{'' if se is None else se.date().isoformat()}", since

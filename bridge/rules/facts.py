@@ -1,0 +1,698 @@
+"""Derived facts: the fixed, documented set of values Python computes once per project.
+
+Rule expressions never walk the project or its event log themselves; they combine these facts
+(``idle_days > 14``, ``deliverable.proposal >= SUBMITTED``). That keeps expressions short for
+ops staff, makes every rule cheap, and gives one place where "idle", "in stage" or "business
+day" is defined. :data:`FACTS` is the catalogue (name, type, meaning): the loader checks
+expressions against it and ``docs/rules.md`` prints it.
+
+Conventions: counts are ints; levels and deliverable statuses are ranks (``LOW``..``CRITICAL``
+are 0..3, unset is -1; ``MISSING``..``APPROVED`` are 0..3); money is a double in the pack's
+base currency; a value that cannot be known (no close date, a currency without a rate) is
+``null``. Days are counted on the team's wall clock (see :mod:`bridge.rules.calendar`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+from bridge.model import DELIVERABLE_ORDER, ENGINE_FIELDS, LEVEL_ORDER, StakeholderRole
+from bridge.rules.calendar import Calendar, Gap
+from bridge.store.store import Event
+
+__all__ = [
+    "CONSTANTS",
+    "FACTS",
+    "Change",
+    "Fact",
+    "FactPlan",
+    "Trigger",
+    "derive",
+    "milestone_key",
+]
+
+ROLES: Final = tuple(r.value for r in StakeholderRole)
+LEVEL_NAMES: Final = tuple(LEVEL_ORDER)
+STATUS_NAMES: Final = tuple(DELIVERABLE_ORDER)
+
+CONSTANTS: Final[dict[str, int]] = {
+    **{name.upper(): rank for name, rank in LEVEL_ORDER.items()},
+    **{name.upper(): rank for name, rank in DELIVERABLE_ORDER.items()},
+}
+"""Names an expression may use for ranks: ``LOW`` .. ``CRITICAL``, ``MISSING`` .. ``APPROVED``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """One derived fact. ``shape`` is scalar, map or list; ``rank`` names the rank scale
+    (``level`` or ``status``) so evidence can print ``draft`` instead of 1."""
+
+    name: str
+    type: str
+    doc: str
+    shape: str = "scalar"
+    rank: str | None = None
+    group: str = "project"
+
+
+def _f(
+    name: str, type_: str, doc: str, *, shape: str = "scalar", rank: str | None = None, group: str
+) -> Fact:
+    return Fact(name, type_, doc, shape, rank, group)
+
+
+FACTS: Final[dict[str, Fact]] = {
+    f.name: f
+    for f in (
+        # project
+        _f("stage", "string", "current stage key, e.g. \"proposal\"", group="project"),
+        _f("stage_index", "int", "position of the stage in the lifecycle (lead = 0)", group="project"),
+        _f("status", "string", "open, won, lost or on_hold", group="project"),
+        _f("is_open", "bool", "status is open", group="project"),
+        _f("priority", "int", "priority rank (LOW..CRITICAL)", rank="level", group="project"),
+        _f("urgency", "int", "urgency rank, -1 if unset", rank="level", group="project"),
+        _f("importance", "int", "importance rank, -1 if unset", rank="level", group="project"),
+        _f("intent", "int", "customer intent rank, -1 if unset", rank="level", group="project"),
+        _f("complexity", "int", "complexity rank, -1 if unset", rank="level", group="project"),
+        _f("amount", "double|null", "amount in the base currency", group="project"),
+        _f(
+            "contract_value",
+            "double|null",
+            "contract value in the base currency (the amount if unset)",
+            group="project",
+        ),
+        _f("currency", "string", "ISO code of the amount (\"\" if none)", group="project"),
+        _f("probability", "int|null", "win probability in percent", group="project"),
+        _f("owner", "string", "owner's e-mail (\"\" if none)", group="project"),
+        _f("has_owner", "bool", "the project has an owner with an e-mail", group="project"),
+        _f("team", "string", "team key (\"\" if none)", group="project"),
+        _f("custom", "map", "the project's custom fields", shape="map", group="project"),
+        _f(
+            "has_budget",
+            "bool",
+            "a budget is recorded: custom budget_range or budget, or both budget_min and "
+            "budget_max",
+            group="project",
+        ),
+        _f("needs", "int", "customer needs recorded", group="project"),
+        _f("pain_points", "int", "needs marked as pain points", group="project"),
+        _f("competitors", "int", "competitors recorded", group="project"),
+        # evidence
+        _f(
+            "deliverable",
+            "map(string, int)",
+            "best status per deliverable kind (MISSING..APPROVED); every declared kind is "
+            "present",
+            shape="map",
+            rank="status",
+            group="evidence",
+        ),
+        _f(
+            "stakeholders",
+            "map(string, int)",
+            "stakeholders per role (decision_maker, economic_buyer, influencer, champion, "
+            "user, technical_buyer, blocker, other); every role is present",
+            shape="map",
+            group="evidence",
+        ),
+        _f("supportive_stakeholders", "int", "stakeholders whose attitude is supportive", group="evidence"),
+        _f("opposed_stakeholders", "int", "stakeholders whose attitude is opposed", group="evidence"),
+        _f(
+            "milestones_achieved",
+            "list(string)",
+            "names of achieved milestones, lower case with _ for spaces "
+            "(\"Customer review\" -> \"customer_review\")",
+            shape="list",
+            group="evidence",
+        ),
+        _f(
+            "checklist",
+            "map(string, int)",
+            "items satisfied per checklist of the pack (k of n)",
+            shape="map",
+            group="evidence",
+        ),
+        # lifecycle
+        _f("days_in_stage", "int|null", "calendar days since entering the current stage", group="lifecycle"),
+        _f(
+            "business_days_in_stage",
+            "int|null",
+            "business days since entering the current stage",
+            group="lifecycle",
+        ),
+        _f(
+            "hours_since_stage_change",
+            "int|null",
+            "hours since the last stage change in the event log",
+            group="lifecycle",
+        ),
+        _f("previous_stage", "string", "stage before the last stage change (\"\" if none)", group="lifecycle"),
+        _f("stage_changes", "int", "stage changes in the event log", group="lifecycle"),
+        _f("moved_backwards", "bool", "the last stage change went to an earlier stage", group="lifecycle"),
+        _f("backward_moves", "int", "stage changes to an earlier stage, ever", group="lifecycle"),
+        _f(
+            "skipped_stages",
+            "list(string)",
+            "required stages jumped over by forward moves, ever",
+            shape="list",
+            group="lifecycle",
+        ),
+        _f(
+            "entered",
+            "map(string, int)",
+            "per stage: calendar days since the project last entered it (-1: never)",
+            shape="map",
+            group="lifecycle",
+        ),
+        # time
+        _f(
+            "idle_days",
+            "int|null",
+            "calendar days since the last meaningful update (a person's change)",
+            group="time",
+        ),
+        _f("business_idle_days", "int|null", "business days since the last meaningful update", group="time"),
+        _f("idle_hours", "int|null", "hours since the last meaningful update", group="time"),
+        _f("days_to_close", "int|null", "calendar days until the expected close date", group="time"),
+        _f(
+            "business_days_to_close",
+            "int|null",
+            "business days until the expected close date",
+            group="time",
+        ),
+        _f("open_tasks", "int", "tasks not done", group="time"),
+        _f("overdue_tasks", "int", "tasks not done whose due date has passed", group="time"),
+        _f("overdue_milestones", "int", "milestones not achieved whose due date has passed", group="time"),
+        _f("next_steps", "int", "next steps recorded", group="time"),
+        _f("next_steps_without_owner", "int", "next steps with no owner", group="time"),
+        _f("next_steps_without_due", "int", "next steps with no due date", group="time"),
+        _f("overdue_next_steps", "int", "next steps whose due date has passed", group="time"),
+        _f("open_risks", "int", "risks with status open", group="time"),
+        _f("risks_without_mitigation", "int", "open risks with no mitigation", group="time"),
+        _f("high_risks", "int", "open risks of severity HIGH or CRITICAL", group="time"),
+        _f(
+            "high_risks_without_mitigation",
+            "int",
+            "open HIGH or CRITICAL risks with no mitigation",
+            group="time",
+        ),
+        _f("overdue_payments", "int", "payments due and not received", group="time"),
+        _f(
+            "count",
+            "map(string, int)",
+            "per counter of the pack: matching events in its window",
+            shape="map",
+            group="time",
+        ),
+        # cadence
+        _f("cadence_limit", "string", "maximum gap for the stage and priority (\"\" if none)", group="cadence"),
+        _f("cadence_ok", "bool", "the last meaningful update is within the cadence limit", group="cadence"),
+        _f(
+            "trigger_overdue",
+            "map(string, bool)",
+            "per trigger of the pack: it fired and no update followed in time",
+            shape="map",
+            group="cadence",
+        ),
+    )
+}
+
+
+# --------------------------------------------------------------------------- value helpers
+
+_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+
+
+def milestone_key(name: str) -> str:
+    """How a milestone name appears in ``milestones_achieved``."""
+    return _NON_ALNUM.sub("_", name.strip().lower()).strip("_")
+
+
+def _dt(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return None
+
+
+def _date(value: Any) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str) and value:
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
+            return None
+    return None
+
+
+def _number(value: Any) -> Decimal | None:
+    """A number out of an event value or field: a Money dict, a number or numeric text."""
+    if isinstance(value, Mapping):
+        value = value.get("amount")
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int | float):
+        return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    if isinstance(value, str):
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            return None
+    return None
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str | list | dict) and not value)
+
+
+# --------------------------------------------------------------------------- event matching
+
+CHANGES: Final = (
+    "any",
+    "set",
+    "cleared",
+    "later",
+    "earlier",
+    "increase",
+    "decrease",
+    "pct",
+    "to",
+    "from",
+    "risk_raised",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Which events count: a change of ``field`` of kind ``change``.
+
+    ``any`` every change; ``set`` / ``cleared`` a value appears / disappears; ``later`` /
+    ``earlier`` a date moves out / in; ``increase`` / ``decrease`` a number goes up / down;
+    ``pct`` a number moves by at least ``min_pct`` percent either way; ``to`` / ``from`` the
+    new / old value equals ``value``; ``risk_raised`` a risk of at least ``min_severity``
+    appears in the risk list. Only a person's changes count unless ``meaningful_only`` is off.
+    """
+
+    field: str
+    change: str = "any"
+    value: Any = None
+    min_pct: float = 0.0
+    min_severity: int = 2
+    meaningful_only: bool = True
+
+    def concerns(self, event_field: str) -> bool:
+        return event_field == self.field or event_field.startswith(self.field + ".")
+
+    def matches(self, e: Event) -> bool:
+        if self.meaningful_only and not e.meaningful:
+            return False
+        c = self.change
+        if c == "any":
+            return True
+        old, new = e.old, e.new
+        if c == "set":
+            return _empty(old) and not _empty(new)
+        if c == "cleared":
+            return not _empty(old) and _empty(new)
+        if c == "to":
+            return bool(new == self.value)
+        if c == "from":
+            return bool(old == self.value)
+        if c in ("later", "earlier"):
+            a, b = _date(old), _date(new)
+            if a is None or b is None:
+                return False
+            return b > a if c == "later" else b < a
+        if c == "risk_raised":
+            return self._risk_raised(old, new)
+        x, y = _number(old), _number(new)
+        if x is None or y is None:
+            return False
+        if c == "increase":
+            return y > x
+        if c == "decrease":
+            return y < x
+        # pct
+        if x == 0:
+            return y != 0
+        return abs((y - x) / x) * 100 >= Decimal(repr(self.min_pct))
+
+    def _risk_raised(self, old: Any, new: Any) -> bool:
+        def serious(items: Any) -> set[str]:
+            out: set[str] = set()
+            for r in items if isinstance(items, list) else ([items] if items else []):
+                if isinstance(r, Mapping):
+                    sev = LEVEL_ORDER.get(str(r.get("severity") or "medium"), 1)
+                    if sev >= self.min_severity and r.get("status", "open") == "open":
+                        out.add(str(r.get("description")))
+            return out
+
+        return bool(serious(new) - serious(old))
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """An event that demands a meaningful update within ``within``."""
+
+    id: str
+    when: Change
+    within: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class FactPlan:
+    """What :func:`derive` needs from the lifecycle and the rule pack."""
+
+    stages: tuple[str, ...]
+    optional_stages: frozenset[str] = frozenset()
+    deliverable_kinds: tuple[str, ...] = ()
+    counters: Mapping[str, tuple[Change, timedelta]] = field(default_factory=dict)
+    triggers: tuple[Trigger, ...] = ()
+    cadence: Mapping[str, Mapping[str, Gap]] = field(default_factory=dict)
+    cadence_default: Gap | None = None
+    base_currency: str | None = None
+    fx: Mapping[str, Decimal] = field(default_factory=dict)
+    watch: Mapping[str, tuple[tuple[str, Change], ...]] = field(init=False, repr=False)
+    """Event field -> (counter name or ``trigger:<id>``, change) that look at it."""
+
+    def __post_init__(self) -> None:
+        watch: dict[str, list[tuple[str, Change]]] = {}
+        for name, (change, _span) in self.counters.items():
+            watch.setdefault(change.field, []).append((name, change))
+        for trig in self.triggers:
+            watch.setdefault(trig.when.field, []).append(("trigger:" + trig.id, trig.when))
+        object.__setattr__(self, "watch", {k: tuple(v) for k, v in watch.items()})
+
+    def watchers(self, event_field: str) -> tuple[tuple[str, Change], ...]:
+        """What looks at ``event_field`` (``customer.name`` is seen by ``customer`` too)."""
+        found = self.watch.get(event_field, ())
+        if "." in event_field:
+            parts = event_field.split(".")
+            for i in range(1, len(parts)):
+                found += self.watch.get(".".join(parts[:i]), ())
+        return found
+
+
+@dataclass(slots=True)
+class Detail:
+    """Values behind the facts that evidence and periods need but expressions do not."""
+
+    last_update: datetime | None = None
+    last_update_by: str | None = None
+    stage_entered: datetime | None = None
+    cadence_since: datetime | None = None
+    triggers: dict[str, tuple[Event, datetime]] = field(default_factory=dict)
+
+
+def _is_engine_field(path: str) -> bool:
+    return path.split(".", 1)[0] in ENGINE_FIELDS
+
+
+def _level(v: Any) -> int:
+    return LEVEL_ORDER.get(v, -1) if isinstance(v, str) else -1
+
+
+def _money(v: Any, plan: FactPlan) -> tuple[float | None, str]:
+    if not isinstance(v, Mapping):
+        return None, ""
+    cur = str(v.get("currency") or "")
+    amt = _number(v.get("amount"))
+    if amt is None:
+        return None, cur
+    if plan.base_currency is None or cur == plan.base_currency:
+        return float(amt), cur
+    rate = plan.fx.get(cur)
+    return (None, cur) if rate is None else (float(amt * rate), cur)
+
+
+def derive(
+    project: Mapping[str, Any],
+    events: Sequence[Event],
+    now: datetime,
+    cal: Calendar,
+    plan: FactPlan,
+) -> tuple[dict[str, Any], Detail]:
+    """Every fact of :data:`FACTS` (checklists aside: they are expressions) for one project.
+
+    ``project`` is the canonical JSON form; ``events`` its event log, oldest first.
+    """
+    facts: dict[str, Any] = {}
+    detail = Detail()
+    today = cal.local_date(now)
+    stages = plan.stages
+    index = {k: i for i, k in enumerate(stages)}
+
+    # -- project
+    stage = project.get("stage") or "lead"
+    status = project.get("status") or "open"
+    facts["stage"] = stage
+    facts["stage_index"] = index.get(stage, -1)
+    facts["status"] = status
+    facts["is_open"] = status == "open"
+    facts["priority"] = _level(project.get("priority") or "medium")
+    facts["urgency"] = _level(project.get("urgency"))
+    facts["importance"] = _level(project.get("importance"))
+    facts["intent"] = _level(project.get("intent"))
+    facts["complexity"] = _level(project.get("complexity"))
+    amount, currency = _money(project.get("amount"), plan)
+    contract = project.get("contract_value")
+    facts["amount"] = amount
+    facts["contract_value"] = _money(contract, plan)[0] if contract else amount
+    facts["currency"] = currency
+    facts["probability"] = project.get("probability")
+    owner = project.get("owner")
+    email = owner.get("email") if isinstance(owner, Mapping) else None
+    facts["owner"] = email or ""
+    facts["has_owner"] = bool(email)
+    facts["team"] = project.get("team") or ""
+    custom = project.get("custom") or {}
+    facts["custom"] = custom
+    facts["has_budget"] = (
+        not _empty(custom.get("budget_range"))
+        or not _empty(custom.get("budget"))
+        or (not _empty(custom.get("budget_min")) and not _empty(custom.get("budget_max")))
+    )
+    needs = project.get("needs") or ()
+    facts["needs"] = len(needs)
+    facts["pain_points"] = sum(1 for n in needs if n.get("pain_point"))
+    facts["competitors"] = len(project.get("competitors") or ())
+
+    # -- evidence
+    deliverable = dict.fromkeys(plan.deliverable_kinds, 0)
+    for d in project.get("deliverables") or ():
+        kind = d.get("kind")
+        rank = DELIVERABLE_ORDER.get(d.get("status") or "missing", 0)
+        if rank > deliverable.get(kind, -1):
+            deliverable[kind] = rank
+    facts["deliverable"] = deliverable
+    roles = dict.fromkeys(ROLES, 0)
+    supportive = opposed = 0
+    for s in project.get("stakeholders") or ():
+        role = s.get("role") or "other"
+        roles[role] = roles.get(role, 0) + 1
+        attitude = s.get("attitude")
+        supportive += attitude == "supportive"
+        opposed += attitude == "opposed"
+    facts["stakeholders"] = roles
+    facts["supportive_stakeholders"] = supportive
+    facts["opposed_stakeholders"] = opposed
+    achieved: list[str] = []
+    overdue_milestones = 0
+    for m in project.get("milestones") or ():
+        if m.get("achieved_at"):
+            achieved.append(milestone_key(str(m.get("name") or "")))
+        else:
+            due = _date(m.get("due"))
+            overdue_milestones += due is not None and due < today
+    facts["milestones_achieved"] = achieved
+
+    # -- one pass over the event log
+    last_update = _dt(project.get("last_meaningful_update_at"))
+    last_update_by = project.get("last_meaningful_update_by")
+    entered_at: dict[str, datetime] = {}
+    moves = backward = 0
+    last_move: Event | None = None
+    skipped: list[str] = []
+    counters = plan.counters
+    counts = dict.fromkeys(counters, 0)
+    windows = {name: now - span for name, (_c, span) in counters.items()}
+    latest_trigger: dict[str, Event] = {}
+    watch = plan.watch
+    for e in events:
+        f = e.field
+        at = e.at
+        if at > now:
+            continue  # the log may run ahead of an explicit `now` (tests, replays)
+        if e.meaningful and not _is_engine_field(f):
+            if last_update is None or at > last_update:
+                last_update, last_update_by = at, e.actor
+        if f == "stage":
+            new, old = e.new, e.old
+            if isinstance(new, str):
+                entered_at[new] = e.at
+            moves += 1
+            last_move = e
+            i_old, i_new = index.get(old if isinstance(old, str) else ""), index.get(new)
+            if i_old is not None and i_new is not None:
+                if i_new < i_old:
+                    backward += 1
+                else:
+                    for k in stages[i_old + 1 : i_new]:
+                        if k not in plan.optional_stages and k not in skipped:
+                            skipped.append(k)
+        if watch and (f in watch or "." in f):
+            for name, change in plan.watchers(f):
+                if not change.matches(e):
+                    continue
+                if name.startswith("trigger:"):
+                    latest_trigger[name[8:]] = e
+                elif at >= windows[name]:
+                    counts[name] += 1
+
+    # -- lifecycle
+    stage_entered = entered_at.get(stage)
+    if stage_entered is None:
+        stage_entered = _dt(project.get("stage_entered_at")) or _dt(project.get("created_at"))
+    detail.stage_entered = stage_entered
+    if stage_entered is None:
+        facts["days_in_stage"] = facts["business_days_in_stage"] = None
+    else:
+        facts["days_in_stage"] = cal.days_between(stage_entered, now)
+        facts["business_days_in_stage"] = cal.business_days_between(stage_entered, now)
+    facts["hours_since_stage_change"] = (
+        None if last_move is None else int((now - last_move.at).total_seconds() // 3600)
+    )
+    prev = last_move.old if last_move is not None else ""
+    facts["previous_stage"] = prev if isinstance(prev, str) else ""
+    facts["stage_changes"] = moves
+    facts["moved_backwards"] = bool(
+        last_move is not None
+        and index.get(last_move.new, -1) < index.get(facts["previous_stage"], -1)
+    )
+    facts["backward_moves"] = backward
+    facts["skipped_stages"] = skipped
+    entered = dict.fromkeys(stages, -1)
+    for k, at in entered_at.items():
+        entered[k] = cal.days_between(at, now)
+    if stage_entered is not None:
+        entered[stage] = facts["days_in_stage"]
+    facts["entered"] = entered
+
+    # -- time
+    if last_update is None:
+        last_update = _dt(project.get("created_at"))
+    detail.last_update, detail.last_update_by = last_update, last_update_by
+    if last_update is None:
+        facts["idle_days"] = facts["business_idle_days"] = facts["idle_hours"] = None
+    else:
+        facts["idle_days"] = cal.days_between(last_update, now)
+        facts["business_idle_days"] = cal.business_days_between(last_update, now)
+        facts["idle_hours"] = int((now - last_update).total_seconds() // 3600)
+    close = _date(project.get("expected_close_date"))
+    if close is None:
+        facts["days_to_close"] = facts["business_days_to_close"] = None
+    else:
+        facts["days_to_close"] = (close - today).days
+        facts["business_days_to_close"] = cal.business_days(today, close)
+    open_tasks = overdue_tasks = 0
+    for t in project.get("tasks") or ():
+        if not t.get("done"):
+            open_tasks += 1
+            due = _date(t.get("due"))
+            overdue_tasks += due is not None and due < today
+    facts["open_tasks"] = open_tasks
+    facts["overdue_tasks"] = overdue_tasks
+    facts["overdue_milestones"] = overdue_milestones
+    steps = project.get("next_steps") or ()
+    facts["next_steps"] = len(steps)
+    no_owner = no_due = overdue_steps = 0
+    for s in steps:
+        o = s.get("owner")
+        no_owner += not (isinstance(o, Mapping) and (o.get("email") or o.get("name")))
+        due = _date(s.get("due"))
+        no_due += due is None
+        overdue_steps += due is not None and due < today
+    facts["next_steps_without_owner"] = no_owner
+    facts["next_steps_without_due"] = no_due
+    facts["overdue_next_steps"] = overdue_steps
+    open_risks = unmitigated = high = high_unmitigated = 0
+    for r in project.get("risks") or ():
+        if (r.get("status") or "open") != "open":
+            continue
+        open_risks += 1
+        bare = _empty(r.get("mitigation"))
+        unmitigated += bare
+        if LEVEL_ORDER.get(r.get("severity") or "medium", 1) >= 2:
+            high += 1
+            high_unmitigated += bare
+    facts["open_risks"] = open_risks
+    facts["risks_without_mitigation"] = unmitigated
+    facts["high_risks"] = high
+    facts["high_risks_without_mitigation"] = high_unmitigated
+    overdue_payments = 0
+    for p in project.get("payments") or ():
+        due = _date(p.get("due"))
+        overdue_payments += due is not None and due < today and not p.get("received_at")
+    facts["overdue_payments"] = overdue_payments
+    facts["count"] = counts
+
+    # -- cadence
+    gap = plan.cadence.get(stage, {}).get(project.get("priority") or "medium", plan.cadence_default)
+    if gap is None:
+        facts["cadence_limit"] = ""
+        facts["cadence_ok"] = True
+    else:
+        facts["cadence_limit"] = gap.describe()
+        facts["cadence_ok"], detail.cadence_since = _cadence(gap, last_update, now, cal)
+    overdue: dict[str, bool] = {}
+    for trig in plan.triggers:
+        ev = latest_trigger.get(trig.id)
+        late = False
+        if ev is not None:
+            answered = last_update is not None and last_update > ev.at
+            due = ev.at + trig.within
+            late = not answered and now > due
+            if late:
+                detail.triggers[trig.id] = (ev, due)
+        overdue[trig.id] = late
+    facts["trigger_overdue"] = overdue
+    return facts, detail
+
+
+def _cadence(
+    gap: Gap, last: datetime | None, now: datetime, cal: Calendar
+) -> tuple[bool, datetime | None]:
+    """Whether the gap since ``last`` is within ``gap``; when not, since when it is overdue."""
+    if last is None:
+        return False, None
+    if gap.unit == "h":
+        since = last + timedelta(hours=gap.amount)
+        return now <= since, since
+    day = cal.local_date(last)
+    if gap.unit == "d":
+        ok = cal.days_between(last, now) <= gap.amount
+        first_late = day + timedelta(days=gap.amount + 1)
+    else:
+        ok = cal.business_days_between(last, now) <= gap.amount
+        first_late = cal.add_business_days(day, gap.amount + 1)
+    since = datetime.combine(first_late, datetime.min.time(), cal.tz).astimezone(UTC)
+    return ok, since
