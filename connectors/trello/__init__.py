@@ -1,0 +1,1 @@
+"""Trello boards as pipelines (lists are stages, cards are projects): connector, emulator."""
