@@ -117,8 +117,12 @@ class Gap:
     amount: int
     unit: str
     text: str
+    description: str = ""
 
     def describe(self) -> str:
+        """``1 business day``, ``7 days``, ``36 hours``."""
+        if self.description:
+            return self.description
         word = _UNIT_WORDS[self.unit]
         return f"{self.amount} {word}{'' if self.amount == 1 else 's'}"
 
@@ -137,7 +141,8 @@ def parse_gap(text: str) -> Gap:
     n, unit = int(m.group(1)), m.group(2)
     if unit == "w":
         n, unit = n * 7, "d"
-    return Gap(n, unit, text)
+    gap = Gap(n, unit, text)
+    return Gap(n, unit, text, gap.describe())
 
 
 def parse_duration(text: str) -> timedelta:

@@ -18,13 +18,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any, Final, Literal
-
-import cel
 
 from bridge.model import DELIVERABLE_ORDER, LEVEL_ORDER, SalesProject
 from bridge.rules.calendar import Calendar
-from bridge.rules.facts import CONSTANTS, FACTS, Detail, FactPlan, derive
+from bridge.rules.facts import CONSTANTS, FACTS, FLATTENED, Detail, FactPlan, derive
 from bridge.store.store import Event
 
 __all__ = [
@@ -150,15 +149,19 @@ class Expr:
         self._key = self._key_function()
 
     def _key_function(self) -> Callable[[Mapping[str, Any]], Any]:
+        """The memo key: the values the expression reads, taken as cheaply as possible."""
         whole = self.reads.whole
         keyed = self.reads.keyed
-        simple = [n for n in whole if FACTS.get(n) is not None and FACTS[n].shape == "scalar"]
-        if not keyed and len(simple) == len(whole):
-            if len(whole) == 1:
-                name = whole[0]
-                return lambda f: _freeze(f[name]) if type(f[name]) in (bool, float) else f[name]
-            names = tuple(whole)
-            return lambda f: tuple(_freeze(f[n]) for n in names)
+        flat = all(FACTS[n].shape == "scalar" for n in whole) and all(
+            m in FLATTENED or m == "checklist" for m, _ in keyed
+        )
+        if flat:
+            names = [*whole, *(f"{m}.{k}" for m, k in keyed)]
+            if not names:
+                return lambda f: ()
+            # Fact types are fixed per name (never 1 here and true there), so the raw values
+            # are a sound key; a C itemgetter is the cheapest way to take them.
+            return itemgetter(*names)
         return lambda f: (
             tuple(_freeze(f[n]) for n in whole)
             + tuple(_freeze(f[m].get(k, _ABSENT)) for m, k in keyed)
@@ -168,26 +171,32 @@ class Expr:
         return f"Expr({self.source!r})"
 
     def run(self, facts: Mapping[str, Any]) -> Any:
-        """The expression's value on ``facts``; raises ExprError when CEL refuses."""
+        """The expression's value on ``facts``; an ExprError when CEL refuses (returned, not
+        raised: the hot loop checks with ``is True`` / ``is False``)."""
         key = self._key(facts)
         hit = self._memo.get(key, _ABSENT)
         if hit is _ABSENT:
-            try:
-                hit = self.program.execute({n: facts[n] for n in self.names})
-            except Exception as exc:  # the library raises TypeError, KeyError, RuntimeError...
-                hit = ExprError(_runtime_message(exc))
-            if len(self._memo) >= _MEMO_LIMIT:
-                self._memo.clear()
-            self._memo[key] = hit
-        if isinstance(hit, ExprError):
-            raise hit
+            hit = self._compute(facts, key)
         return hit
 
-    def test(self, facts: Mapping[str, Any]) -> bool:
-        value = self.run(facts)
-        if not isinstance(value, bool):
-            raise ExprError(f"gave {value!r}, not true or false")
+    def _compute(self, facts: Mapping[str, Any], key: Any) -> Any:
+        try:
+            value = self.program.execute({n: facts[n] for n in self.names})
+        except Exception as exc:  # the library raises TypeError, KeyError, RuntimeError...
+            value = ExprError(_runtime_message(exc))
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[key] = value
         return value
+
+    def test(self, facts: Mapping[str, Any]) -> bool:
+        """True or False; raises ExprError when it fails or is not a condition."""
+        value = self.run(facts)
+        if value is True or value is False:
+            return value
+        if isinstance(value, ExprError):
+            raise value
+        raise ExprError(f"gave {value!r}, not true or false")
 
     def evidence(self, facts: Mapping[str, Any]) -> dict[str, Any]:
         """The values this expression read, ranks spelled out (``deliverable.proposal: draft``)."""
@@ -300,7 +309,7 @@ class AdmissionDecision:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RuleResult:
     """One rule on one project.
 
@@ -406,6 +415,23 @@ class Evaluator:
         self.admission_version = admission_version
         self.otherwise = otherwise
         self.rules = tuple(rules)
+        # Outcomes that carry nothing project-specific are shared between evaluations.
+        self._untracked = tuple(
+            RuleResult(r, "skip", why="not a tracked project (admission)") for r in self.rules
+        )
+        self._passed = tuple(RuleResult(r, "pass", why=r.check.source) for r in self.rules)
+        self._skipped = tuple(
+            RuleResult(
+                r,
+                "skip",
+                why=f"does not apply: {r.when.source}" if r.when else "does not apply",
+            )
+            for r in self.rules
+        )
+        self._wrong_status = tuple(
+            RuleResult(r, "skip", why=f"only {', '.join(sorted(r.statuses))} projects")
+            for r in self.rules
+        )
 
     def evaluate(
         self,
@@ -419,8 +445,8 @@ class Evaluator:
         """Evaluate one project (its model or canonical JSON) with its event log.
 
         ``now`` defaults to the current time; ``team`` is the team's calendar (UTC, no
-        holidays when None). With ``explain`` the checks of rules that do not apply are still
-        computed, so ``why`` can say whether they would pass.
+        holidays when None). With ``explain`` every result carries its evidence, and rules
+        that do not apply still say whether their check would pass.
         """
         data = project.to_json() if isinstance(project, SalesProject) else project
         now = (now or datetime.now(UTC)).astimezone(UTC)
@@ -432,13 +458,16 @@ class Evaluator:
         for cl in self.checklists:
             n = 0
             for _item, expr in cl.items:
-                try:
-                    n += expr.test(facts)
-                except ExprError:
-                    pass  # an item that cannot be decided does not count
+                n += expr.run(facts) is True  # an item that cannot be decided does not count
             checklist[cl.name] = n
+            facts["checklist." + cl.name] = n
         admission = self.admit(facts)
-        results = tuple(self._rule(r, facts, detail, admission, explain) for r in self.rules)
+        if not admission.tracked:
+            results: Sequence[RuleResult] = self._untracked
+        elif explain:
+            results = [self._explain(r, facts, detail) for r in self.rules]
+        else:
+            results = self._check(facts, detail)
         owner = facts["owner"] or None
         return Evaluation(
             project_id=str(data.get("id") or ""),
@@ -446,66 +475,94 @@ class Evaluator:
             team=facts["team"] or None,
             now=now,
             admission=admission,
-            results=results,
+            results=tuple(results),
             facts=facts,
             detail=detail,
         )
 
     def admit(self, facts: Mapping[str, Any]) -> AdmissionDecision:
+        """The first admission rule that holds decides; one that fails on this project is
+        passed over (and named in the decision's ``error`` if nothing else decides)."""
+        error = None
         for a in self.admission_rules:
-            try:
-                hit = a.when.test(facts)
-            except ExprError as exc:
-                # A rule that cannot decide is not a reason to drop a project: keep looking.
-                if a is self.admission_rules[-1]:
-                    return AdmissionDecision(
-                        self.otherwise.tracked,
-                        self.admission_version,
-                        None,
-                        self.otherwise.reason,
-                        error=f"{a.when.where}: {exc}",
-                    )
-                continue
-            if hit:
+            value = a.when.run(facts)
+            if value is True:
                 return AdmissionDecision(a.track, self.admission_version, a.id, a.reason)
-        return self.otherwise
+            if value is not False:
+                error = f"{a.when.where}: {value}"
+        if error is None:
+            return self.otherwise
+        o = self.otherwise
+        return AdmissionDecision(o.tracked, o.rule_version, o.rule, o.reason, error=error)
 
-    def _rule(
-        self,
-        rule: Rule,
-        facts: dict[str, Any],
-        detail: Detail,
-        admission: AdmissionDecision,
-        explain: bool,
-    ) -> RuleResult:
-        if not admission.tracked:
-            return RuleResult(rule, "skip", why="not a tracked project (admission)", facts=facts)
-        if facts["status"] not in rule.statuses:
-            why = f"status {facts['status']} is not checked (checked: {', '.join(rule.statuses)})"
-            return RuleResult(rule, "skip", why=why, facts=facts)
-        try:
-            if rule.when is not None and not rule.when.test(facts):
-                why = f"does not apply: {rule.when.source}"
-                if explain:
-                    holds = rule.check.test(facts)
-                    why += f" (the check would {'pass' if holds else 'fail'})"
-                return RuleResult(
-                    rule, "skip", rule.when.evidence(facts), why=why, facts=facts
-                )
-            ok = rule.check.test(facts)
-        except ExprError as exc:
-            return RuleResult(rule, "error", why=str(exc), facts=facts)
+    def _check(self, facts: dict[str, Any], detail: Detail) -> list[RuleResult]:
+        """The hot loop: shared results for passes and skips, new ones for the rest."""
+        out: list[RuleResult] = []
+        status = facts["status"]
+        for i, rule in enumerate(self.rules):
+            if status not in rule.statuses:
+                out.append(self._wrong_status[i])
+                continue
+            when = rule.when
+            if when is not None:
+                w = when.run(facts)
+                if w is False:
+                    out.append(self._skipped[i])
+                    continue
+                if w is not True:
+                    out.append(self._error(rule, when, w, facts))
+                    continue
+            ok = rule.check.run(facts)
+            if ok is True:
+                out.append(self._passed[i])
+            elif ok is False:
+                out.append(self._fail(rule, facts, detail))
+            else:
+                out.append(self._error(rule, rule.check, ok, facts))
+        return out
+
+    def _error(self, rule: Rule, expr: Expr, value: Any, facts: dict[str, Any]) -> RuleResult:
+        why = str(value) if isinstance(value, ExprError) else f"gave {value!r}, not true or false"
+        return RuleResult(
+            rule, "error", expr.evidence(facts), why=f"{expr.where}: {why}", facts=facts
+        )
+
+    def _fail(self, rule: Rule, facts: dict[str, Any], detail: Detail) -> RuleResult:
         evidence = rule.check.evidence(facts)
         for name in rule.evidence:
             evidence[name] = readable(name, facts.get(name))
-        if ok:
-            return RuleResult(rule, "pass", evidence, why=rule.check.source, facts=facts)
         period, since = self._period(rule, facts, detail)
         if since is not None:
             evidence["since"] = since.isoformat()
         return RuleResult(
             rule, "fail", evidence, period, since, why=f"not {rule.check.source}", facts=facts
         )
+
+    def _explain(self, rule: Rule, facts: dict[str, Any], detail: Detail) -> RuleResult:
+        if facts["status"] not in rule.statuses:
+            r = self._wrong_status[self.rules.index(rule)]
+            return RuleResult(
+                rule, "skip", why=f"status is {facts['status']}: {r.why}", facts=facts
+            )
+        if rule.when is not None:
+            w = rule.when.run(facts)
+            if w is not True and w is not False:
+                return self._error(rule, rule.when, w, facts)
+            if w is False:
+                evidence = rule.when.evidence(facts)
+                ok = rule.check.run(facts)
+                would = "pass" if ok is True else "fail" if ok is False else "fail with an error"
+                why = f"does not apply: {rule.when.source} (the check would {would})"
+                return RuleResult(rule, "skip", evidence, why=why, facts=facts)
+        ok = rule.check.run(facts)
+        if ok is False:
+            return self._fail(rule, facts, detail)
+        if ok is not True:
+            return self._error(rule, rule.check, ok, facts)
+        evidence = rule.check.evidence(facts)
+        for name in rule.evidence:
+            evidence[name] = readable(name, facts.get(name))
+        return RuleResult(rule, "pass", evidence, why=rule.check.source, facts=facts)
 
     def _period(
         self, rule: Rule, facts: Mapping[str, Any], detail: Detail

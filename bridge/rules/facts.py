@@ -70,8 +70,13 @@ FACTS: Final[dict[str, Fact]] = {
     f.name: f
     for f in (
         # project
-        _f("stage", "string", "current stage key, e.g. \"proposal\"", group="project"),
-        _f("stage_index", "int", "position of the stage in the lifecycle (lead = 0)", group="project"),
+        _f("stage", "string", 'current stage key, e.g. "proposal"', group="project"),
+        _f(
+            "stage_index",
+            "int",
+            "position of the stage in the lifecycle (lead = 0)",
+            group="project",
+        ),
         _f("status", "string", "open, won, lost or on_hold", group="project"),
         _f("is_open", "bool", "status is open", group="project"),
         _f("priority", "int", "priority rank (LOW..CRITICAL)", rank="level", group="project"),
@@ -86,11 +91,11 @@ FACTS: Final[dict[str, Fact]] = {
             "contract value in the base currency (the amount if unset)",
             group="project",
         ),
-        _f("currency", "string", "ISO code of the amount (\"\" if none)", group="project"),
+        _f("currency", "string", 'ISO code of the amount ("" if none)', group="project"),
         _f("probability", "int|null", "win probability in percent", group="project"),
-        _f("owner", "string", "owner's e-mail (\"\" if none)", group="project"),
+        _f("owner", "string", 'owner\'s e-mail ("" if none)', group="project"),
         _f("has_owner", "bool", "the project has an owner with an e-mail", group="project"),
-        _f("team", "string", "team key (\"\" if none)", group="project"),
+        _f("team", "string", 'team key ("" if none)', group="project"),
         _f("custom", "map", "the project's custom fields", shape="map", group="project"),
         _f(
             "has_budget",
@@ -106,8 +111,7 @@ FACTS: Final[dict[str, Fact]] = {
         _f(
             "deliverable",
             "map(string, int)",
-            "best status per deliverable kind (MISSING..APPROVED); every declared kind is "
-            "present",
+            "best status per deliverable kind (MISSING..APPROVED); every declared kind is present",
             shape="map",
             rank="status",
             group="evidence",
@@ -120,13 +124,23 @@ FACTS: Final[dict[str, Fact]] = {
             shape="map",
             group="evidence",
         ),
-        _f("supportive_stakeholders", "int", "stakeholders whose attitude is supportive", group="evidence"),
-        _f("opposed_stakeholders", "int", "stakeholders whose attitude is opposed", group="evidence"),
+        _f(
+            "supportive_stakeholders",
+            "int",
+            "stakeholders whose attitude is supportive",
+            group="evidence",
+        ),
+        _f(
+            "opposed_stakeholders",
+            "int",
+            "stakeholders whose attitude is opposed",
+            group="evidence",
+        ),
         _f(
             "milestones_achieved",
             "list(string)",
             "names of achieved milestones, lower case with _ for spaces "
-            "(\"Customer review\" -> \"customer_review\")",
+            '("Customer review" -> "customer_review")',
             shape="list",
             group="evidence",
         ),
@@ -138,7 +152,12 @@ FACTS: Final[dict[str, Fact]] = {
             group="evidence",
         ),
         # lifecycle
-        _f("days_in_stage", "int|null", "calendar days since entering the current stage", group="lifecycle"),
+        _f(
+            "days_in_stage",
+            "int|null",
+            "calendar days since entering the current stage",
+            group="lifecycle",
+        ),
         _f(
             "business_days_in_stage",
             "int|null",
@@ -151,9 +170,19 @@ FACTS: Final[dict[str, Fact]] = {
             "hours since the last stage change in the event log",
             group="lifecycle",
         ),
-        _f("previous_stage", "string", "stage before the last stage change (\"\" if none)", group="lifecycle"),
+        _f(
+            "previous_stage",
+            "string",
+            'stage before the last stage change ("" if none)',
+            group="lifecycle",
+        ),
         _f("stage_changes", "int", "stage changes in the event log", group="lifecycle"),
-        _f("moved_backwards", "bool", "the last stage change went to an earlier stage", group="lifecycle"),
+        _f(
+            "moved_backwards",
+            "bool",
+            "the last stage change went to an earlier stage",
+            group="lifecycle",
+        ),
         _f("backward_moves", "int", "stage changes to an earlier stage, ever", group="lifecycle"),
         _f(
             "skipped_stages",
@@ -176,9 +205,16 @@ FACTS: Final[dict[str, Fact]] = {
             "calendar days since the last meaningful update (a person's change)",
             group="time",
         ),
-        _f("business_idle_days", "int|null", "business days since the last meaningful update", group="time"),
+        _f(
+            "business_idle_days",
+            "int|null",
+            "business days since the last meaningful update",
+            group="time",
+        ),
         _f("idle_hours", "int|null", "hours since the last meaningful update", group="time"),
-        _f("days_to_close", "int|null", "calendar days until the expected close date", group="time"),
+        _f(
+            "days_to_close", "int|null", "calendar days until the expected close date", group="time"
+        ),
         _f(
             "business_days_to_close",
             "int|null",
@@ -187,7 +223,12 @@ FACTS: Final[dict[str, Fact]] = {
         ),
         _f("open_tasks", "int", "tasks not done", group="time"),
         _f("overdue_tasks", "int", "tasks not done whose due date has passed", group="time"),
-        _f("overdue_milestones", "int", "milestones not achieved whose due date has passed", group="time"),
+        _f(
+            "overdue_milestones",
+            "int",
+            "milestones not achieved whose due date has passed",
+            group="time",
+        ),
         _f("next_steps", "int", "next steps recorded", group="time"),
         _f("next_steps_without_owner", "int", "next steps with no owner", group="time"),
         _f("next_steps_without_due", "int", "next steps with no due date", group="time"),
@@ -210,8 +251,18 @@ FACTS: Final[dict[str, Fact]] = {
             group="time",
         ),
         # cadence
-        _f("cadence_limit", "string", "maximum gap for the stage and priority (\"\" if none)", group="cadence"),
-        _f("cadence_ok", "bool", "the last meaningful update is within the cadence limit", group="cadence"),
+        _f(
+            "cadence_limit",
+            "string",
+            'maximum gap for the stage and priority ("" if none)',
+            group="cadence",
+        ),
+        _f(
+            "cadence_ok",
+            "bool",
+            "the last meaningful update is within the cadence limit",
+            group="cadence",
+        ),
         _f(
             "trigger_overdue",
             "map(string, bool)",
@@ -393,14 +444,38 @@ class FactPlan:
     fx: Mapping[str, Decimal] = field(default_factory=dict)
     watch: Mapping[str, tuple[tuple[str, Change], ...]] = field(init=False, repr=False)
     """Event field -> (counter name or ``trigger:<id>``, change) that look at it."""
+    index: Mapping[str, int] = field(init=False, repr=False)
+    fields: dict[str, tuple[bool, tuple[tuple[str, Change], ...]]] = field(
+        init=False, repr=False, default_factory=dict
+    )
+    flat_names: Mapping[str, dict[str, str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "index", {k: i for i, k in enumerate(self.stages)})
         watch: dict[str, list[tuple[str, Change]]] = {}
         for name, (change, _span) in self.counters.items():
             watch.setdefault(change.field, []).append((name, change))
         for trig in self.triggers:
             watch.setdefault(trig.when.field, []).append(("trigger:" + trig.id, trig.when))
         object.__setattr__(self, "watch", {k: tuple(v) for k, v in watch.items()})
+        keys = {
+            "deliverable": self.deliverable_kinds,
+            "stakeholders": ROLES,
+            "entered": self.stages,
+            "count": tuple(self.counters),
+            "trigger_overdue": tuple(t.id for t in self.triggers),
+        }
+        object.__setattr__(
+            self, "flat_names", {n: {k: f"{n}.{k}" for k in ks} for n, ks in keys.items()}
+        )
+
+    def field_info(self, event_field: str) -> tuple[bool, tuple[tuple[str, Change], ...]]:
+        """Whether ``event_field`` is the engine's own, and what watches it (cached: a
+        portfolio's event log names few distinct fields)."""
+        info = (event_field.split(".")[0] in ENGINE_FIELDS, self.watchers(event_field))
+        if len(self.fields) < 10_000:
+            self.fields[event_field] = info
+        return info
 
     def watchers(self, event_field: str) -> tuple[tuple[str, Change], ...]:
         """What looks at ``event_field`` (``customer.name`` is seen by ``customer`` too)."""
@@ -423,25 +498,24 @@ class Detail:
     triggers: dict[str, tuple[Event, datetime]] = field(default_factory=dict)
 
 
-def _is_engine_field(path: str) -> bool:
-    return path.split(".", 1)[0] in ENGINE_FIELDS
-
-
-def _level(v: Any) -> int:
-    return LEVEL_ORDER.get(v, -1) if isinstance(v, str) else -1
-
-
 def _money(v: Any, plan: FactPlan) -> tuple[float | None, str]:
-    if not isinstance(v, Mapping):
+    """An amount in the base currency, as the double expressions compare."""
+    if not isinstance(v, dict):
         return None, ""
-    cur = str(v.get("currency") or "")
-    amt = _number(v.get("amount"))
-    if amt is None:
+    cur = v.get("currency") or ""
+    try:
+        amt = float(v.get("amount"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
         return None, cur
     if plan.base_currency is None or cur == plan.base_currency:
-        return float(amt), cur
+        return amt, cur
     rate = plan.fx.get(cur)
-    return (None, cur) if rate is None else (float(amt * rate), cur)
+    return (None, cur) if rate is None else (amt * float(rate), cur)
+
+
+FLATTENED: Final = ("deliverable", "stakeholders", "entered", "count", "trigger_overdue")
+"""Map facts whose entries are also stored flat (``deliverable.proposal``), so an expression
+that reads one entry is keyed on that entry alone."""
 
 
 def derive(
@@ -453,52 +527,56 @@ def derive(
 ) -> tuple[dict[str, Any], Detail]:
     """Every fact of :data:`FACTS` (checklists aside: they are expressions) for one project.
 
-    ``project`` is the canonical JSON form; ``events`` its event log, oldest first.
+    ``project`` is the canonical JSON form; ``events`` its event log, oldest first. Entries of
+    the map facts in :data:`FLATTENED` are also stored under ``<fact>.<key>``.
     """
     facts: dict[str, Any] = {}
     detail = Detail()
-    today = cal.local_date(now)
+    tz = cal.tz
+    today = now.astimezone(tz).date()
     stages = plan.stages
-    index = {k: i for i, k in enumerate(stages)}
+    index = plan.index
+    get = project.get
 
     # -- project
-    stage = project.get("stage") or "lead"
-    status = project.get("status") or "open"
+    stage = get("stage") or "lead"
+    status = get("status") or "open"
+    priority = get("priority") or "medium"
     facts["stage"] = stage
     facts["stage_index"] = index.get(stage, -1)
     facts["status"] = status
     facts["is_open"] = status == "open"
-    facts["priority"] = _level(project.get("priority") or "medium")
-    facts["urgency"] = _level(project.get("urgency"))
-    facts["importance"] = _level(project.get("importance"))
-    facts["intent"] = _level(project.get("intent"))
-    facts["complexity"] = _level(project.get("complexity"))
-    amount, currency = _money(project.get("amount"), plan)
-    contract = project.get("contract_value")
+    facts["priority"] = LEVEL_ORDER.get(priority, -1)
+    facts["urgency"] = LEVEL_ORDER.get(get("urgency") or "", -1)
+    facts["importance"] = LEVEL_ORDER.get(get("importance") or "", -1)
+    facts["intent"] = LEVEL_ORDER.get(get("intent") or "", -1)
+    facts["complexity"] = LEVEL_ORDER.get(get("complexity") or "", -1)
+    amount, currency = _money(get("amount"), plan)
+    contract = get("contract_value")
     facts["amount"] = amount
     facts["contract_value"] = _money(contract, plan)[0] if contract else amount
     facts["currency"] = currency
-    facts["probability"] = project.get("probability")
-    owner = project.get("owner")
-    email = owner.get("email") if isinstance(owner, Mapping) else None
+    facts["probability"] = get("probability")
+    owner = get("owner")
+    email = owner.get("email") if isinstance(owner, dict) else None
     facts["owner"] = email or ""
     facts["has_owner"] = bool(email)
-    facts["team"] = project.get("team") or ""
-    custom = project.get("custom") or {}
+    facts["team"] = get("team") or ""
+    custom = get("custom") or {}
     facts["custom"] = custom
-    facts["has_budget"] = (
+    facts["has_budget"] = bool(custom) and (
         not _empty(custom.get("budget_range"))
         or not _empty(custom.get("budget"))
         or (not _empty(custom.get("budget_min")) and not _empty(custom.get("budget_max")))
     )
-    needs = project.get("needs") or ()
+    needs = get("needs") or ()
     facts["needs"] = len(needs)
     facts["pain_points"] = sum(1 for n in needs if n.get("pain_point"))
-    facts["competitors"] = len(project.get("competitors") or ())
+    facts["competitors"] = len(get("competitors") or ())
 
     # -- evidence
     deliverable = dict.fromkeys(plan.deliverable_kinds, 0)
-    for d in project.get("deliverables") or ():
+    for d in get("deliverables") or ():
         kind = d.get("kind")
         rank = DELIVERABLE_ORDER.get(d.get("status") or "missing", 0)
         if rank > deliverable.get(kind, -1):
@@ -506,10 +584,10 @@ def derive(
     facts["deliverable"] = deliverable
     roles = dict.fromkeys(ROLES, 0)
     supportive = opposed = 0
-    for s in project.get("stakeholders") or ():
-        role = s.get("role") or "other"
+    for sh in get("stakeholders") or ():
+        role = sh.get("role") or "other"
         roles[role] = roles.get(role, 0) + 1
-        attitude = s.get("attitude")
+        attitude = sh.get("attitude")
         supportive += attitude == "supportive"
         opposed += attitude == "opposed"
     facts["stakeholders"] = roles
@@ -517,7 +595,7 @@ def derive(
     facts["opposed_stakeholders"] = opposed
     achieved: list[str] = []
     overdue_milestones = 0
-    for m in project.get("milestones") or ():
+    for m in get("milestones") or ():
         if m.get("achieved_at"):
             achieved.append(milestone_key(str(m.get("name") or "")))
         else:
@@ -526,32 +604,35 @@ def derive(
     facts["milestones_achieved"] = achieved
 
     # -- one pass over the event log
-    last_update = _dt(project.get("last_meaningful_update_at"))
-    last_update_by = project.get("last_meaningful_update_by")
+    last_update = _dt(get("last_meaningful_update_at"))
+    last_update_by = get("last_meaningful_update_by")
     entered_at: dict[str, datetime] = {}
     moves = backward = 0
     last_move: Event | None = None
     skipped: list[str] = []
-    counters = plan.counters
-    counts = dict.fromkeys(counters, 0)
-    windows = {name: now - span for name, (_c, span) in counters.items()}
+    counts = dict.fromkeys(plan.counters, 0)
+    windows = {name: now - span for name, (_c, span) in plan.counters.items()}
     latest_trigger: dict[str, Event] = {}
-    watch = plan.watch
+    fields = plan.fields
     for e in events:
         f = e.field
         at = e.at
         if at > now:
             continue  # the log may run ahead of an explicit `now` (tests, replays)
-        if e.meaningful and not _is_engine_field(f):
-            if last_update is None or at > last_update:
-                last_update, last_update_by = at, e.actor
+        known = fields.get(f)
+        if known is None:
+            known = plan.field_info(f)
+        engine_field, seen = known
+        if e.meaningful and not engine_field and (last_update is None or at > last_update):
+            last_update, last_update_by = at, e.actor
         if f == "stage":
             new, old = e.new, e.old
             if isinstance(new, str):
-                entered_at[new] = e.at
+                entered_at[new] = at
             moves += 1
             last_move = e
-            i_old, i_new = index.get(old if isinstance(old, str) else ""), index.get(new)
+            i_old = index.get(old) if isinstance(old, str) else None
+            i_new = index.get(new) if isinstance(new, str) else None
             if i_old is not None and i_new is not None:
                 if i_new < i_old:
                     backward += 1
@@ -559,8 +640,8 @@ def derive(
                     for k in stages[i_old + 1 : i_new]:
                         if k not in plan.optional_stages and k not in skipped:
                             skipped.append(k)
-        if watch and (f in watch or "." in f):
-            for name, change in plan.watchers(f):
+        if seen:
+            for name, change in seen:
                 if not change.matches(e):
                     continue
                 if name.startswith("trigger:"):
@@ -571,50 +652,52 @@ def derive(
     # -- lifecycle
     stage_entered = entered_at.get(stage)
     if stage_entered is None:
-        stage_entered = _dt(project.get("stage_entered_at")) or _dt(project.get("created_at"))
+        stage_entered = _dt(get("stage_entered_at")) or _dt(get("created_at"))
     detail.stage_entered = stage_entered
+    entered = dict.fromkeys(stages, -1)
+    for k, at in entered_at.items():
+        entered[k] = (today - at.astimezone(tz).date()).days
     if stage_entered is None:
         facts["days_in_stage"] = facts["business_days_in_stage"] = None
     else:
-        facts["days_in_stage"] = cal.days_between(stage_entered, now)
-        facts["business_days_in_stage"] = cal.business_days_between(stage_entered, now)
+        day = stage_entered.astimezone(tz).date()
+        entered[stage] = facts["days_in_stage"] = (today - day).days
+        facts["business_days_in_stage"] = cal.business_days(day, today)
+    facts["entered"] = entered
     facts["hours_since_stage_change"] = (
         None if last_move is None else int((now - last_move.at).total_seconds() // 3600)
     )
     prev = last_move.old if last_move is not None else ""
-    facts["previous_stage"] = prev if isinstance(prev, str) else ""
+    facts["previous_stage"] = prev = prev if isinstance(prev, str) else ""
     facts["stage_changes"] = moves
     facts["moved_backwards"] = bool(
         last_move is not None
-        and index.get(last_move.new, -1) < index.get(facts["previous_stage"], -1)
+        and isinstance(last_move.new, str)
+        and index.get(last_move.new, -1) < index.get(prev, -1)
     )
     facts["backward_moves"] = backward
     facts["skipped_stages"] = skipped
-    entered = dict.fromkeys(stages, -1)
-    for k, at in entered_at.items():
-        entered[k] = cal.days_between(at, now)
-    if stage_entered is not None:
-        entered[stage] = facts["days_in_stage"]
-    facts["entered"] = entered
 
     # -- time
     if last_update is None:
-        last_update = _dt(project.get("created_at"))
+        last_update = _dt(get("created_at"))
     detail.last_update, detail.last_update_by = last_update, last_update_by
     if last_update is None:
         facts["idle_days"] = facts["business_idle_days"] = facts["idle_hours"] = None
+        last_day = None
     else:
-        facts["idle_days"] = cal.days_between(last_update, now)
-        facts["business_idle_days"] = cal.business_days_between(last_update, now)
+        last_day = last_update.astimezone(tz).date()
+        facts["idle_days"] = (today - last_day).days
+        facts["business_idle_days"] = cal.business_days(last_day, today)
         facts["idle_hours"] = int((now - last_update).total_seconds() // 3600)
-    close = _date(project.get("expected_close_date"))
+    close = _date(get("expected_close_date"))
     if close is None:
         facts["days_to_close"] = facts["business_days_to_close"] = None
     else:
         facts["days_to_close"] = (close - today).days
         facts["business_days_to_close"] = cal.business_days(today, close)
     open_tasks = overdue_tasks = 0
-    for t in project.get("tasks") or ():
+    for t in get("tasks") or ():
         if not t.get("done"):
             open_tasks += 1
             due = _date(t.get("due"))
@@ -622,20 +705,20 @@ def derive(
     facts["open_tasks"] = open_tasks
     facts["overdue_tasks"] = overdue_tasks
     facts["overdue_milestones"] = overdue_milestones
-    steps = project.get("next_steps") or ()
+    steps = get("next_steps") or ()
     facts["next_steps"] = len(steps)
     no_owner = no_due = overdue_steps = 0
-    for s in steps:
-        o = s.get("owner")
-        no_owner += not (isinstance(o, Mapping) and (o.get("email") or o.get("name")))
-        due = _date(s.get("due"))
+    for st in steps:
+        o = st.get("owner")
+        no_owner += not (isinstance(o, dict) and (o.get("email") or o.get("name")))
+        due = _date(st.get("due"))
         no_due += due is None
         overdue_steps += due is not None and due < today
     facts["next_steps_without_owner"] = no_owner
     facts["next_steps_without_due"] = no_due
     facts["overdue_next_steps"] = overdue_steps
     open_risks = unmitigated = high = high_unmitigated = 0
-    for r in project.get("risks") or ():
+    for r in get("risks") or ():
         if (r.get("status") or "open") != "open":
             continue
         open_risks += 1
@@ -649,50 +732,60 @@ def derive(
     facts["high_risks"] = high
     facts["high_risks_without_mitigation"] = high_unmitigated
     overdue_payments = 0
-    for p in project.get("payments") or ():
-        due = _date(p.get("due"))
-        overdue_payments += due is not None and due < today and not p.get("received_at")
+    for pay in get("payments") or ():
+        due = _date(pay.get("due"))
+        overdue_payments += due is not None and due < today and not pay.get("received_at")
     facts["overdue_payments"] = overdue_payments
     facts["count"] = counts
 
     # -- cadence
-    gap = plan.cadence.get(stage, {}).get(project.get("priority") or "medium", plan.cadence_default)
+    row = plan.cadence.get(stage)
+    gap = row.get(priority, plan.cadence_default) if row else plan.cadence_default
     if gap is None:
         facts["cadence_limit"] = ""
         facts["cadence_ok"] = True
     else:
         facts["cadence_limit"] = gap.describe()
-        facts["cadence_ok"], detail.cadence_since = _cadence(gap, last_update, now, cal)
+        ok, detail.cadence_since = _cadence(gap, last_update, last_day, now, today, cal)
+        facts["cadence_ok"] = ok
     overdue: dict[str, bool] = {}
     for trig in plan.triggers:
         ev = latest_trigger.get(trig.id)
         late = False
         if ev is not None:
             answered = last_update is not None and last_update > ev.at
-            due = ev.at + trig.within
-            late = not answered and now > due
+            due_at = ev.at + trig.within
+            late = not answered and now > due_at
             if late:
-                detail.triggers[trig.id] = (ev, due)
+                detail.triggers[trig.id] = (ev, due_at)
         overdue[trig.id] = late
     facts["trigger_overdue"] = overdue
+    for name, names in plan.flat_names.items():
+        for k, v in facts[name].items():
+            facts[names.get(k) or f"{name}.{k}"] = v
     return facts, detail
 
 
 def _cadence(
-    gap: Gap, last: datetime | None, now: datetime, cal: Calendar
+    gap: Gap,
+    last: datetime | None,
+    last_day: date | None,
+    now: datetime,
+    today: date,
+    cal: Calendar,
 ) -> tuple[bool, datetime | None]:
     """Whether the gap since ``last`` is within ``gap``; when not, since when it is overdue."""
-    if last is None:
+    if last is None or last_day is None:
         return False, None
     if gap.unit == "h":
         since = last + timedelta(hours=gap.amount)
         return now <= since, since
-    day = cal.local_date(last)
     if gap.unit == "d":
-        ok = cal.days_between(last, now) <= gap.amount
-        first_late = day + timedelta(days=gap.amount + 1)
+        ok = (today - last_day).days <= gap.amount
+        first_late = last_day + timedelta(days=gap.amount + 1)
     else:
-        ok = cal.business_days_between(last, now) <= gap.amount
-        first_late = cal.add_business_days(day, gap.amount + 1)
-    since = datetime.combine(first_late, datetime.min.time(), cal.tz).astimezone(UTC)
-    return ok, since
+        ok = cal.business_days(last_day, today) <= gap.amount
+        first_late = cal.add_business_days(last_day, gap.amount + 1)
+    if ok:
+        return True, None
+    return False, datetime.combine(first_late, datetime.min.time(), cal.tz).astimezone(UTC)

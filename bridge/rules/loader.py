@@ -578,7 +578,7 @@ class _Loader:
                     self.settings_from = doc.source
                     for k in s.deliverable_kinds:
                         self.decl.kinds[k] = None
-        for stage, raw in top.stages.items():
+        for raw in top.stages.values():
             if isinstance(raw, dict):
                 for k in raw.get("deliverables") or ():
                     if isinstance(k, str):
@@ -728,7 +728,7 @@ class _Loader:
             reason = self.texts(adm.otherwise_reason, "[admission] otherwise_reason", "reason")
             otherwise = AdmissionDecision(adm.otherwise == "track", version, None, reason)
             for rid, raw in adm.rules.items():
-                sec = ("admission", "rules", rid)
+                sec: tuple[str, ...] = ("admission", "rules", rid)
                 a = self.validate(_AdmissionRule, raw, sec)
                 if a is None or not self.rule_id(rid, _where(sec)):
                     continue
@@ -766,9 +766,7 @@ class _Loader:
                     rules.extend(self.rule(rid, "rule", r, sec))
         if cadence_doc is not None:
             self.source, cad = cadence_doc
-            rules.extend(
-                self.rule("cadence", "cadence", cad, ("cadence",), check="cadence_ok")
-            )
+            rules.extend(self.rule("cadence", "cadence", cad, ("cadence",), check="cadence_ok"))
         for name, t, source in triggers_raw:
             self.source = source
             if name in {tr.id for tr in triggers}:
