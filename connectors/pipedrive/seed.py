@@ -63,7 +63,7 @@ def field_hash(name: str) -> str:
 
 # (name, field_type, option labels): "Priority" and its options are the v2 dealFields example.
 CUSTOM_DEAL_FIELDS: list[tuple[str, str, list[str]]] = [
-    ("Priority", "enum", ["Low", "Medium", "High"]),
+    ("Priority", "enum", ["Low", "Medium", "High", "Urgent"]),  # "Urgent": generated
     ("Salesbridge ID", "varchar", []),
     ("Project number", "varchar", []),
     ("Region", "enum", ["APAC", "EMEA", "Americas"]),

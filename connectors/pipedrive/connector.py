@@ -1,0 +1,893 @@
+"""Pipedrive deals as sales projects, through plain requests on API v2 (v1 where v2 has none).
+
+A record is one deal, its ref the deal id. Its fields (the keys ``discover()`` lists):
+
+==================  =============================================================  ===========
+key                 from                                                           writable
+==================  =============================================================  ===========
+title               ``title``                                                      yes
+stage               ``stage_id`` as "<pipeline> / <stage>" (moves pipeline too)    yes
+pipeline            ``pipeline_id`` as its name                                    no
+value, currency     ``value``, ``currency``                                        yes
+expected_close_date ``expected_close_date``                                        yes
+probability         ``probability``                                                yes
+status              ``status``: open, won, lost                                    yes
+lost_reason         ``lost_reason``                                                yes
+owner               ``owner_id`` as a user (matched by e-mail when written)        yes
+organization        ``org_id`` as the organization's name (found or created)       yes
+organization_id     ``org_id``                                                     no
+stakeholders        the contact person: [{name, title, role, attitude, email}]     no
+actions             done activities: [{what, at, by}]                              no
+next_steps          open activities: [{what, owner, due}]                          no
+add_time ...        ``add_time``, ``update_time``, ``stage_change_time``,          no
+                    ``close_time`` (UTC)
+<40-hex hash>       each custom field by its code; "Region" resolves to it by      per type
+                    name. Options are labels, sets lists of labels, users users.
+==================  =============================================================  ===========
+
+The canonical id is stamped in a text deal field (``stamp_field``, default "Salesbridge ID");
+``find_by_stamp`` searches it with ``GET /api/v2/deals/search``.
+
+Incremental pulls list ``GET /api/v2/deals?updated_since=...&sort_by=update_time`` with cursor
+pagination. Pipedrive's times have whole seconds and ``updated_since`` is inclusive, so the
+cursor position is ``<time>|<id>:<digest>,...``: the deals already read at that very second,
+dropped before anything else is fetched for them. A pull with no change costs one request.
+Deleted and archived deals leave the v2 listing: full pulls (reconciliation) find them gone.
+
+Versions are ``<update_time>#<hash of the deal's data>``, so two edits in one second still
+differ. Pipedrive has no conditional write, so an update with ``expected_version`` reads the
+deal first (one GET) and refuses with StaleVersion when it changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from bridge.http import Auth, HttpClient
+from bridge.secrets import Secret
+from connectors.base import (
+    Connector,
+    ConnectorConfig,
+    Cursor,
+    FatalError,
+    HistoryEntry,
+    Page,
+    RemoteField,
+    RemoteRecord,
+    RemoteUser,
+    Schema,
+    SkippableRecord,
+    StaleVersion,
+    parse_duration,
+)
+
+Row = dict[str, Any]
+V2 = "api/v2/"
+V1 = "v1/"
+MAX_LIMIT = 500
+IDS_PER_REQUEST = 100
+ACTIVITY_LISTING_THRESHOLD = 20
+"""More deals than this in one page: list all activities once instead of one call per deal."""
+
+_STATUSES = ("open", "won", "lost")
+_PLAIN = (
+    "title",
+    "value",
+    "currency",
+    "expected_close_date",
+    "probability",
+    "status",
+    "lost_reason",
+)
+_TIMES = ("add_time", "update_time", "stage_change_time", "close_time")
+_VERSIONED = (
+    *_PLAIN,
+    "stage_id",
+    "pipeline_id",
+    "owner_id",
+    "org_id",
+    "person_id",
+    "is_deleted",
+    "is_archived",
+    "custom_fields",
+)
+_CUSTOM_TYPES = {
+    "varchar": "text",
+    "text": "text",
+    "varchar_auto": "text",
+    "phone": "text",
+    "double": "number",
+    "int": "number",
+    "monetary": "number",
+    "enum": "option",
+    "set": "multi",
+    "date": "date",
+    "user": "user",
+}
+_STANDARD: tuple[RemoteField, ...] = (
+    RemoteField("title", "Title"),
+    RemoteField("pipeline", "Pipeline", "option", writable=False),
+    RemoteField("value", "Value", "number"),
+    RemoteField("currency", "Currency"),
+    RemoteField("expected_close_date", "Expected close date", "date"),
+    RemoteField("probability", "Probability", "number"),
+    RemoteField("status", "Status", "option", options=_STATUSES),
+    RemoteField("lost_reason", "Lost reason"),
+    RemoteField("owner", "Owner", "user"),
+    RemoteField("organization", "Organization"),
+    RemoteField("organization_id", "Organization ID", writable=False),
+    RemoteField("stakeholders", "Contact person", "json", writable=False),
+    RemoteField("actions", "Done activities", "json", writable=False),
+    RemoteField("next_steps", "Open activities", "json", writable=False),
+    RemoteField("add_time", "Deal created", "datetime", writable=False),
+    RemoteField("update_time", "Update time", "datetime", writable=False),
+    RemoteField("stage_change_time", "Last stage change", "datetime", writable=False),
+    RemoteField("close_time", "Deal closed on", "datetime", writable=False),
+)
+_FLOW_FIELDS = {
+    "stage_id": "stage",
+    "owner_id": "owner",
+    "org_id": "organization_id",
+    "pipeline_id": "pipeline",
+}
+
+
+class PipedriveConfig(ConnectorConfig):
+    """``[connectors.<name>]`` with ``kind = "pipedrive"``."""
+
+    kind: Literal["pipedrive"] = "pipedrive"
+    token: Secret = Field(description='API token, e.g. "env:PIPEDRIVE_API_TOKEN"')
+    base_url: str = Field(
+        "https://api.pipedrive.com",
+        description="API origin: https://api.pipedrive.com or https://<company>.pipedrive.com",
+    )
+    page_size: int = Field(MAX_LIMIT, ge=1, le=MAX_LIMIT, description="deals per request")
+    pipelines: list[str] = Field(
+        default_factory=list, description="pipelines synced, by name; empty: every pipeline"
+    )
+    stamp_field: str = Field("Salesbridge ID", description="text deal field holding the stamp")
+    persons: bool = Field(True, description="read the contact person (stakeholders)")
+    activities: bool = Field(True, description="read activities (actions, next steps)")
+    metadata_ttl: timedelta = Field(
+        timedelta(minutes=10), description="how long users, stages and fields are cached"
+    )
+
+    @field_validator("metadata_ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+
+@dataclass(frozen=True)
+class _Field:
+    code: str
+    name: str
+    type: str
+    options: Mapping[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Meta:
+    """Users, pipelines, stages and deal fields: what turns ids into names and back."""
+
+    loaded_at: float
+    users: dict[int, Row]
+    pipelines: dict[int, str]
+    stages: dict[int, tuple[int, str]]
+    fields: dict[str, _Field]
+
+    def stage_label(self, stage_id: int) -> str:
+        pipeline_id, name = self.stages[stage_id]
+        return f"{self.pipelines.get(pipeline_id, pipeline_id)} / {name}"
+
+    def user(self, user_id: Any) -> Row | None:
+        u = self.users.get(user_id) if isinstance(user_id, int) else None
+        if u is None:
+            return None
+        return {
+            "id": str(u["id"]),
+            "name": u.get("name"),
+            "email": u.get("email"),
+            "username": None,
+        }
+
+
+class PipedriveConnector(Connector[PipedriveConfig]):
+    """Adapter to one Pipedrive company account."""
+
+    kind: ClassVar[str] = "pipedrive"
+    config_model: ClassVar[type[ConnectorConfig]] = PipedriveConfig
+
+    def __init__(self, name: str, config: PipedriveConfig, *, http: HttpClient | None = None):
+        super().__init__(name, config)
+        self._http = http
+        self._meta: _Meta | None = None
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def http(self) -> HttpClient:
+        """The HTTP client, built on first use: the token is read from the environment then."""
+        with self._lock:
+            if self._http is None:
+                auth = Auth.header("x-api-token", self.config.token.reveal())
+                self._http = HttpClient.from_config(
+                    self.name, self.config.base_url, self.config, auth=auth
+                )
+            return self._http
+
+    def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        body = self.http.get_json(path, params=params, expect=(404,))
+        return None if body is None else self._data(body, path)
+
+    def _send(self, method: str, path: str, payload: Row | None = None) -> Any:
+        response = self.http.request(method, path, json=payload, expect=(404,))
+        if response.status_code == 404:
+            return None
+        return self._data(self.http.decode_json(response), path)
+
+    def _data(self, body: Any, path: str) -> Any:
+        if not isinstance(body, dict) or body.get("success") is False:
+            raise FatalError(f"{self.name}: {path} answered {str(body)[:200]}", connector=self.name)
+        return body.get("data")
+
+    def _list(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[list[Row]]:
+        """Pages of a v2 list, following ``next_cursor``."""
+        query = {"limit": MAX_LIMIT, **(params or {})}
+        while True:
+            body = self.http.get_json(V2 + path, params=query)
+            rows = self._data(body, path) or []
+            yield rows
+            nxt = (body.get("additional_data") or {}).get("next_cursor")
+            if not nxt:
+                return
+            query = {**query, "cursor": nxt}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._http is not None:
+                self._http.close()
+
+    # ------------------------------------------------------------------ metadata
+
+    def _metadata(self, *, refresh: bool = False) -> _Meta:
+        with self._lock:
+            ttl = self.config.metadata_ttl.total_seconds()
+            meta = self._meta
+            if refresh or meta is None or time.monotonic() - meta.loaded_at > ttl:
+                users = {u["id"]: u for u in self._get(V1 + "users") or ()}
+                pipelines = {p["id"]: p["name"] for page in self._list("pipelines") for p in page}
+                stages = {
+                    s["id"]: (s["pipeline_id"], s["name"])
+                    for page in self._list("stages")
+                    for s in page
+                    if not s.get("is_deleted")
+                }
+                fields = {
+                    f["field_code"]: _Field(
+                        f["field_code"],
+                        f["field_name"],
+                        f["field_type"],
+                        {o["id"]: o["label"] for o in f.get("options") or ()},
+                    )
+                    for page in self._list("dealFields")
+                    for f in page
+                    if f.get("is_custom_field")
+                }
+                meta = self._meta = _Meta(time.monotonic(), users, pipelines, stages, fields)
+                self._check_pipelines(meta)
+            return meta
+
+    def _check_pipelines(self, meta: _Meta) -> None:
+        missing = [p for p in self.config.pipelines if p not in meta.pipelines.values()]
+        if missing:
+            raise FatalError(
+                f"{self.name}: pipeline(s) {', '.join(map(repr, missing))} not found in "
+                f"Pipedrive (it has {', '.join(map(repr, meta.pipelines.values()))}); correct "
+                "`pipelines` in the connector's config",
+                connector=self.name,
+            )
+
+    def _pipeline_ids(self, meta: _Meta) -> list[int]:
+        wanted = set(self.config.pipelines)
+        return [i for i, n in meta.pipelines.items() if not wanted or n in wanted]
+
+    def _stamp_key(self, meta: _Meta, *, required: bool) -> str | None:
+        name = self.config.stamp_field.casefold()
+        for f in meta.fields.values():
+            if f.code == self.config.stamp_field or f.name.casefold() == name:
+                return f.code
+        if required:
+            raise FatalError(
+                f"{self.name}: Pipedrive has no deal field {self.config.stamp_field!r} for the "
+                "salesbridge stamp; add a text deal field of that name (Company settings > "
+                "Data fields) or set `stamp_field` to an existing one",
+                connector=self.name,
+            )
+        return None
+
+    # ------------------------------------------------------------------ reading
+
+    def check(self) -> str:
+        me = self._get(V1 + "users/me") or {}
+        meta = self._metadata(refresh=True)
+        stamp = (
+            ""
+            if self._stamp_key(meta, required=False)
+            else (f"; no {self.config.stamp_field!r} deal field yet: creating deals will fail")
+        )
+        return (
+            f"Pipedrive {me.get('company_name', '?')} ({me.get('company_domain', '?')}) as "
+            f"{me.get('name', '?')} <{me.get('email', '?')}>: {len(meta.pipelines)} pipelines, "
+            f"{len(meta.fields)} custom deal fields{stamp}"
+        )
+
+    def discover(self) -> Schema:
+        meta = self._metadata(refresh=True)
+        pipelines = set(self._pipeline_ids(meta))
+        stages = tuple(
+            meta.stage_label(sid)
+            for sid, (pid, _) in sorted(meta.stages.items(), key=lambda s: (s[1][0], s[0]))
+            if pid in pipelines
+        )
+        fields = [*_STANDARD, RemoteField("stage", "Stage", "stage", options=stages)]
+        for f in meta.fields.values():
+            kind = _CUSTOM_TYPES.get(f.type, "json")
+            options = tuple(f.options.values())
+            fields.append(
+                RemoteField(
+                    f.code, f.name, kind, options, custom=True, writable=f.type in _CUSTOM_TYPES
+                )
+            )
+        users = tuple(
+            RemoteUser(str(u["id"]), u.get("name"), u.get("email")) for u in meta.users.values()
+        )
+        return Schema(fields=tuple(fields), users=users, stages=stages)
+
+    def pull(self, cursor: Cursor, *, signpost: datetime, full: bool = False) -> Iterator[Page]:
+        signpost = signpost.astimezone(UTC)
+        meta = self._metadata()
+        partitions: list[tuple[str, int | None]] = [("", None)]
+        if self.config.pipelines:
+            partitions = [(f"pipeline:{i}", i) for i in self._pipeline_ids(meta)]
+        activities: dict[int, list[Row]] | None = None
+        for partition, pipeline_id in partitions:
+            since, seen = (None, set()) if full else _position(cursor.get(partition), self.name)
+            params: Row = {"limit": self.config.page_size, "sort_by": "update_time"}
+            if since is not None:
+                params["updated_since"] = _rfc3339(since)
+            if pipeline_id is not None:
+                params["pipeline_id"] = pipeline_id
+            at, boundary = since, set(seen)
+            for deals in self._list("deals", params):
+                fresh = [d for d in deals if (d.get("id"), _digest(d)) not in seen]
+                many = full or len(fresh) > ACTIVITY_LISTING_THRESHOLD
+                if many and activities is None and self.config.activities and fresh:
+                    activities = self._all_activities()
+                records, skipped = self._records(fresh, activities)
+                for d in deals:
+                    updated = _time(d.get("update_time"))
+                    if updated is None or updated > signpost:
+                        continue
+                    if at is None or updated > at:
+                        at, boundary = updated, set()
+                    if updated == at:
+                        boundary.add((d.get("id"), _digest(d)))
+                if at is not None and (at != since or boundary != seen):
+                    cursor = cursor.advanced(partition, _format_position(at, boundary))
+                    since, seen = at, set(boundary)
+                if records or skipped or deals:
+                    yield Page(records, cursor, skipped)
+
+    def get(self, ref: str) -> RemoteRecord | None:
+        deal_id = _deal_id(ref)
+        deal = None if deal_id is None else self._get(f"{V2}deals/{deal_id}")
+        if deal is None:
+            return None
+        records, skipped = self._records([deal], None)
+        if skipped:
+            raise skipped[0]
+        return records[0]
+
+    def find_by_stamp(self, stamp: str) -> RemoteRecord | None:
+        key = self._stamp_key(self._metadata(), required=False)
+        if key is None or len(stamp) < 2:
+            return None
+        params = {"term": stamp, "fields": "custom_fields", "exact_match": "true", "limit": 100}
+        found = self._get(V2 + "deals/search", params) or {}
+        ids = sorted(i["item"]["id"] for i in found.get("items", ()) if i.get("item"))
+        for deal_id in ids:
+            record = self.get(str(deal_id))
+            if record is not None and record.stamp == stamp:
+                return record
+        return None
+
+    def history(self, ref: str, since: datetime | None = None) -> list[HistoryEntry]:
+        """Field changes from the deal's flow (v1), oldest first, from ``since`` on."""
+        deal_id = _deal_id(ref)
+        if deal_id is None:
+            return []
+        meta = self._metadata()
+        entries: list[HistoryEntry] = []
+        start = 0
+        while True:
+            params = {"items": "dealChange", "start": start, "limit": MAX_LIMIT}
+            body = self.http.get_json(f"{V1}deals/{deal_id}/flow", params=params, expect=(404,))
+            if body is None:
+                return []
+            for item in self._data(body, "flow") or ():
+                entry = self._history_entry(meta, item)
+                if entry is not None and (since is None or entry.at >= since):
+                    entries.append(entry)
+            more = (body.get("additional_data") or {}).get("more_items_in_collection")
+            if not more:
+                break
+            start += MAX_LIMIT
+        return sorted(entries, key=lambda e: e.at)
+
+    # ------------------------------------------------------------------ writing
+
+    def create(self, fields: Mapping[str, Any], *, stamp: str) -> RemoteRecord:
+        meta = self._metadata()
+        key = self._stamp_key(meta, required=True)
+        assert key is not None
+        body = self._body(meta, fields, ref=stamp)
+        body["custom_fields"] = {**body.get("custom_fields", {}), key: stamp}
+        body.setdefault("title", "(untitled)")
+        return self._written(self._send("POST", V2 + "deals", body), stamp)
+
+    def update(
+        self, ref: str, changes: Mapping[str, Any], *, expected_version: str | None
+    ) -> RemoteRecord:
+        deal_id = _deal_id(ref)
+        if deal_id is None:
+            raise StaleVersion(ref, expected_version, None, connector=self.name)
+        body = self._body(self._metadata(), changes, ref=ref)
+        if expected_version is not None:
+            current = self._get(f"{V2}deals/{deal_id}")
+            actual = None if current is None else _version(current)
+            if actual != expected_version:
+                raise StaleVersion(ref, expected_version, actual, connector=self.name)
+        deal = self._send("PATCH", f"{V2}deals/{deal_id}", body) if body else None
+        if not body:
+            deal = self._get(f"{V2}deals/{deal_id}")
+        if deal is None:
+            raise StaleVersion(ref, expected_version, None, connector=self.name)
+        return self._written(deal, ref)
+
+    def archive(self, ref: str) -> None:
+        """Delete the deal (Pipedrive keeps deleted deals 30 days); unknown refs are left."""
+        deal_id = _deal_id(ref)
+        if deal_id is not None:
+            self._send("DELETE", f"{V2}deals/{deal_id}")
+
+    # -- webhooks (v1)
+
+    def register_webhook(
+        self,
+        url: str,
+        *,
+        username: str,
+        password: str,
+        event_object: str = "deal",
+        event_action: str = "*",
+        name: str = "salesbridge",
+    ) -> Row:
+        """Ask Pipedrive to POST changes to ``url`` with these basic-auth credentials."""
+        payload = {
+            "subscription_url": url,
+            "event_action": event_action,
+            "event_object": event_object,
+            "name": name,
+            "version": "2.0",
+            "http_auth_user": username,
+            "http_auth_password": password,
+        }
+        hook: Row = self._send("POST", V1 + "webhooks", payload)
+        return hook
+
+    def list_webhooks(self) -> list[Row]:
+        return list(self._get(V1 + "webhooks") or ())
+
+    def remove_webhook(self, webhook_id: int | str) -> bool:
+        """Remove a webhook; False if Pipedrive did not know it."""
+        response = self.http.request("DELETE", f"{V1}webhooks/{webhook_id}", expect=(404, 410))
+        return response.status_code < 400
+
+    @staticmethod
+    def webhook_authorized(authorization: str | None, username: str, password: str) -> bool:
+        """Whether a delivery's ``Authorization`` header carries the registered credentials."""
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        expected = base64.b64encode(f"{username}:{password}".encode()).decode()
+        return hmac.compare_digest(value.strip().encode(), expected.encode())
+
+    @staticmethod
+    def webhook_ref(payload: Any) -> str | None:
+        """The deal a delivery (v2.0 or v1.0 payload) is about, for a targeted sync."""
+        meta = payload.get("meta") if isinstance(payload, dict) else None
+        if not isinstance(meta, dict):
+            return None
+        entity = meta.get("entity") or meta.get("object")
+        ref = meta.get("entity_id") or meta.get("id")
+        return str(ref) if entity == "deal" and ref is not None else None
+
+    # ------------------------------------------------------------------ deals -> records
+
+    def _written(self, deal: Any, ref: str) -> RemoteRecord:
+        if not isinstance(deal, dict):
+            raise FatalError(
+                f"{self.name}: deal {ref} vanished right after it was written", connector=self.name
+            )
+        records, skipped = self._records([deal], None)
+        if skipped:
+            raise skipped[0]
+        return records[0]
+
+    def _records(
+        self, deals: list[Row], activities: dict[int, list[Row]] | None
+    ) -> tuple[list[RemoteRecord], list[SkippableRecord]]:
+        if not deals:
+            return [], []
+        meta = self._metadata()
+        if any(self._unknown_ids(meta, d) for d in deals):
+            meta = self._metadata(refresh=True)  # a stage or option added since the last load
+        orgs = self._by_ids("organizations", {d.get("org_id") for d in deals})
+        persons: dict[int, Row] = {}
+        if self.config.persons:
+            persons = self._by_ids("persons", {d.get("person_id") for d in deals})
+        if self.config.activities and activities is None:
+            activities = {}
+            for d in deals:
+                if isinstance(d.get("id"), int):
+                    found = [a for p in self._list("activities", {"deal_id": d["id"]}) for a in p]
+                    activities[d["id"]] = found
+        records: list[RemoteRecord] = []
+        skipped: list[SkippableRecord] = []
+        for d in deals:
+            try:
+                records.append(self._record(meta, d, orgs, persons, activities))
+            except SkippableRecord as exc:
+                skipped.append(exc)
+        return records, skipped
+
+    def _unknown_ids(self, meta: _Meta, deal: Row) -> bool:
+        if deal.get("stage_id") not in meta.stages or deal.get("owner_id") not in meta.users:
+            return True
+        custom = deal.get("custom_fields") or {}
+        return any(k not in meta.fields for k in custom if isinstance(custom, dict))
+
+    def _by_ids(self, what: str, ids: Iterable[Any]) -> dict[int, Row]:
+        wanted = sorted(i for i in ids if isinstance(i, int))
+        out: dict[int, Row] = {}
+        for i in range(0, len(wanted), IDS_PER_REQUEST):
+            chunk = ",".join(map(str, wanted[i : i + IDS_PER_REQUEST]))
+            for page in self._list(what, {"ids": chunk}):
+                out.update((r["id"], r) for r in page)
+        return out
+
+    def _all_activities(self) -> dict[int, list[Row]]:
+        grouped: dict[int, list[Row]] = {}
+        for page in self._list("activities"):
+            for a in page:
+                if isinstance(a.get("deal_id"), int):
+                    grouped.setdefault(a["deal_id"], []).append(a)
+        return grouped
+
+    def _record(
+        self,
+        meta: _Meta,
+        deal: Row,
+        orgs: Mapping[int, Row],
+        persons: Mapping[int, Row],
+        activities: Mapping[int, list[Row]] | None,
+    ) -> RemoteRecord:
+        ref = str(deal.get("id"))
+        problems: list[str] = []
+
+        def bad(what: str) -> None:
+            problems.append(what)
+
+        fields: Row = {k: deal.get(k) for k in _PLAIN}
+        if deal.get("status") not in _STATUSES:
+            bad(f"status {deal.get('status')!r} is not open, won or lost")
+        stage_id = deal.get("stage_id")
+        if stage_id in meta.stages:
+            fields["stage"] = meta.stage_label(stage_id)
+            fields["pipeline"] = meta.pipelines.get(meta.stages[stage_id][0])
+        else:
+            bad(f"stage id {stage_id!r} is not a stage of any pipeline")
+        fields["owner"] = meta.user(deal.get("owner_id"))
+        org = orgs.get(deal.get("org_id") or 0)
+        fields["organization"] = org.get("name") if org else None
+        fields["organization_id"] = str(deal["org_id"]) if deal.get("org_id") else None
+        for key in _TIMES:
+            at = _time(deal.get(key))
+            fields[key] = at.isoformat().replace("+00:00", "Z") if at else None
+        if self.config.persons:
+            person = persons.get(deal.get("person_id") or 0)
+            fields["stakeholders"] = [_stakeholder(person)] if person else []
+        if self.config.activities and activities is not None:
+            acts = activities.get(deal.get("id") or 0, [])
+            fields["actions"], fields["next_steps"] = _activities(meta, acts)
+        custom = deal.get("custom_fields")
+        stamp_key = self._stamp_key(meta, required=False)
+        stamp = None
+        if not isinstance(custom, dict):
+            bad("custom_fields is not an object")
+            custom = {}
+        for key, value in custom.items():
+            f = meta.fields.get(key)
+            if f is None:
+                bad(f"custom field {key} is not a deal field")
+                continue
+            try:
+                fields[key] = _custom_pull(meta, f, value)
+            except ValueError as exc:
+                bad(str(exc))
+        if stamp_key is not None:
+            stamp = custom.get(stamp_key)
+            if not isinstance(stamp, str | None):
+                bad(f"the stamp field holds {stamp!r}, not text")
+                stamp = None
+        if problems:
+            raise SkippableRecord(ref, "; ".join(problems), connector=self.name, payload=deal)
+        return RemoteRecord(
+            ref=ref,
+            version=_version(deal),
+            fields=fields,
+            updated_at=_time(deal.get("update_time")),
+            updated_by=None,
+            url=f"{self.config.base_url.rstrip('/')}/deal/{ref}",
+            stamp=stamp or None,
+            deleted=bool(deal.get("is_deleted")),
+        )
+
+    def _history_entry(self, meta: _Meta, item: Row) -> HistoryEntry | None:
+        if item.get("object") != "dealChange":
+            return None
+        data = item.get("data") or {}
+        key, old, new = data.get("field_key"), data.get("old_value"), data.get("new_value")
+        at = _time(data.get("log_time") or item.get("timestamp"))
+        if not isinstance(key, str) or at is None:
+            return None
+        actor = meta.user(data.get("user_id"))
+        name = _FLOW_FIELDS.get(key, key)
+        if key == "stage_id":
+            old, new = (meta.stage_label(v) if v in meta.stages else v for v in (old, new))
+        elif key == "owner_id":
+            old, new = meta.user(old), meta.user(new)
+        elif key == "pipeline_id":
+            old, new = (meta.pipelines.get(v, v) if isinstance(v, int) else v for v in (old, new))
+        elif key in meta.fields:
+            f = meta.fields[key]
+            with contextlib.suppress(ValueError):
+                old, new = _custom_pull(meta, f, old), _custom_pull(meta, f, new)
+        by = (actor or {}).get("email") or (str(data["user_id"]) if data.get("user_id") else None)
+        return HistoryEntry(at, name, old, new, by)
+
+    # ------------------------------------------------------------------ records -> deals
+
+    def _body(self, meta: _Meta, fields: Mapping[str, Any], *, ref: str) -> Row:
+        body: Row = {}
+        custom: Row = {}
+        problems: list[str] = []
+        by_name = {f.name.casefold(): f for f in meta.fields.values()}
+        for key, value in fields.items():
+            if key in _PLAIN:
+                body[key] = float(value) if isinstance(value, Decimal) else value
+            elif key == "stage":
+                stage_id = self._stage_id(meta, value)
+                if stage_id is None:
+                    problems.append(f"stage {value!r} is not a stage of a synced pipeline")
+                else:
+                    body["stage_id"] = stage_id
+            elif key == "owner":
+                owner = self._user_id(meta, value)
+                if owner is None:
+                    problems.append(f"owner {value!r} is not a Pipedrive user")
+                else:
+                    body["owner_id"] = owner
+            elif key == "organization":
+                body["org_id"] = self._organization(value) if value else None
+            elif key in meta.fields or key.casefold() in by_name:
+                f = meta.fields.get(key) or by_name[key.casefold()]
+                try:
+                    custom[f.code] = self._custom_push(meta, f, value)
+                except ValueError as exc:
+                    problems.append(str(exc))
+            else:
+                problems.append(f"{key!r} is not a field salesbridge can write in Pipedrive")
+        if problems:
+            raise SkippableRecord(
+                ref, "; ".join(problems), connector=self.name, payload=dict(fields)
+            )
+        if custom:
+            body["custom_fields"] = custom
+        return body
+
+    def _stage_id(self, meta: _Meta, label: Any) -> int | None:
+        if not isinstance(label, str):
+            return None
+        pipelines = set(self._pipeline_ids(meta))
+        wanted = label.casefold()
+        for sid, (pid, _name) in meta.stages.items():
+            if pid in pipelines and meta.stage_label(sid).casefold() == wanted:
+                return sid
+        plain = [
+            s for s, (p, n) in meta.stages.items() if p in pipelines and n.casefold() == wanted
+        ]
+        return plain[0] if len(plain) == 1 else None
+
+    def _user_id(self, meta: _Meta, user: Any) -> int | None:
+        if isinstance(user, Mapping):
+            uid, email = user.get("id"), user.get("email")
+        else:
+            uid, email = None, user
+        if uid is not None and str(uid).isdigit() and int(uid) in meta.users:
+            return int(uid)
+        if isinstance(email, str):
+            for u in meta.users.values():
+                if str(u.get("email", "")).casefold() == email.casefold():
+                    return int(u["id"])
+        return None
+
+    def _organization(self, name: Any) -> int:
+        """The id of the organization named ``name``, created if Pipedrive has none."""
+        text = str(name).strip()
+        params = {"term": text, "fields": "name", "exact_match": "true", "limit": 10}
+        found = self._get(V2 + "organizations/search", params) if len(text) >= 2 else None
+        for item in (found or {}).get("items", ()):
+            org = item.get("item") or {}
+            if str(org.get("name", "")).casefold() == text.casefold():
+                return int(org["id"])
+        created = self._send("POST", V2 + "organizations", {"name": text})
+        return int(created["id"])
+
+    def _custom_push(self, meta: _Meta, f: _Field, value: Any) -> Any:
+        if value is None:
+            return None
+        by_label = {label.casefold(): oid for oid, label in f.options.items()}
+        if f.type == "enum":
+            oid = by_label.get(str(value).casefold())
+            if oid is None:
+                raise ValueError(f"{f.name}: {value!r} is not one of its options")
+            return oid
+        if f.type == "set":
+            labels = value if isinstance(value, list) else [value]
+            ids = [by_label.get(str(v).casefold()) for v in labels]
+            if None in ids:
+                raise ValueError(f"{f.name}: {value!r} holds values that are not its options")
+            return ids or None  # Pipedrive refuses [] for a set: null clears it
+        if f.type == "user":
+            uid = self._user_id(meta, value)
+            if uid is None:
+                raise ValueError(f"{f.name}: {value!r} is not a Pipedrive user")
+            return uid
+        if f.type == "monetary":
+            return {"value": float(value), "currency": None}
+        return float(value) if isinstance(value, Decimal) else value
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _custom_pull(meta: _Meta, f: _Field, value: Any) -> Any:
+    if value is None:
+        return None
+    if f.type == "enum":
+        if value not in f.options:
+            raise ValueError(f"{f.name}: option id {value!r} no longer exists")
+        return f.options[value]
+    if f.type == "set":
+        ids = value if isinstance(value, list) else [value]
+        missing = [i for i in ids if i not in f.options]
+        if missing:
+            raise ValueError(f"{f.name}: option id(s) {missing} no longer exist")
+        return [f.options[i] for i in ids]
+    if f.type == "user":
+        return meta.user(value)
+    if f.type == "monetary" and isinstance(value, dict):
+        return value.get("value")
+    return value
+
+
+def _stakeholder(person: Row) -> Row:
+    emails = person.get("emails") or []
+    primary = next((e for e in emails if e.get("primary")), emails[0] if emails else None)
+    return {
+        "name": person.get("name") or "",
+        "title": person.get("job_title") or None,
+        "role": "other",
+        "attitude": "unknown",
+        "email": primary.get("value") if primary else None,
+    }
+
+
+def _activities(meta: _Meta, acts: list[Row]) -> tuple[list[Row], list[Row]]:
+    done, todo = [], []
+    for a in sorted(acts, key=lambda a: (a.get("due_date") or "", a.get("id") or 0)):
+        if a.get("is_deleted"):
+            continue
+        owner = meta.user(a.get("owner_id"))
+        if a.get("done"):
+            at = _time(a.get("marked_as_done_time") or a.get("update_time"))
+            done.append(
+                {
+                    "what": a.get("subject") or "",
+                    "at": at.isoformat().replace("+00:00", "Z") if at else None,
+                    "by": owner.get("email") if owner else None,
+                }
+            )
+        else:
+            person = {"name": owner["name"], "email": owner["email"]} if owner else None
+            todo.append(
+                {"what": a.get("subject") or "", "owner": person, "due": a.get("due_date") or None}
+            )
+    done.sort(key=lambda x: (x["at"] or "", x["what"]))
+    return done, todo
+
+
+def _digest(deal: Row) -> str:
+    """A short hash of what the connector reads from a deal."""
+    data = {k: deal.get(k) for k in _VERSIONED}
+    digest = hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode())  # noqa: S324
+    return digest.hexdigest()[:12]
+
+
+def _version(deal: Row) -> str:
+    return f"{deal.get('update_time')}#{_digest(deal)}"
+
+
+def _time(value: Any) -> datetime | None:
+    """A Pipedrive time (v2 RFC 3339, or v1 ``YYYY-MM-DD HH:MM:SS`` in UTC) as UTC."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _rfc3339(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _deal_id(ref: str) -> int | None:
+    return int(ref) if ref.isdigit() else None
+
+
+def _format_position(at: datetime, seen: set[tuple[Any, str]]) -> str:
+    """``<time>|<id>:<digest>,...``: the time read up to and the deals read at that time."""
+    read = ",".join(sorted(f"{i}:{v}" for i, v in seen))
+    return f"{at.isoformat()}|{read}"
+
+
+def _position(value: str | None, name: str) -> tuple[datetime | None, set[tuple[Any, str]]]:
+    if value is None:
+        return None, set()
+    text, _, read = value.partition("|")
+    at = _time(text)
+    if at is None:
+        raise FatalError(f"cursor position {value!r} is not a Pipedrive cursor", connector=name)
+    seen: set[tuple[Any, str]] = set()
+    for item in filter(None, read.split(",")):
+        deal_id, _, version = item.partition(":")
+        seen.add((int(deal_id) if deal_id.isdigit() else deal_id, version))
+    return at, seen
