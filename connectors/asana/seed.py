@@ -72,28 +72,40 @@ def seed(state: AsanaState, *, tasks: int = 0, rng_seed: int = 7) -> Seeded:
     """Populate ``state``: workspace, users, the pipeline project and ``tasks`` generated tasks."""
     rng = random.Random(rng_seed)  # noqa: S311 - reproducible demo data, not secrets
     with state.lock:
-        ws = state.add_workspace(SPEC_EXAMPLES["workspace"])
-        users = {SPEC_USER[1]: state.add_user(*SPEC_USER)}
-        for name, email in _PEOPLE:
-            users[email] = state.add_user(name, email)
-        bot = state.add_user("Salesbridge Bot", "salesbridge@example.com")
-        other = state.add_project(ws, SPEC_EXAMPLES["project"])
-        state.add_section(other, SPEC_EXAMPLES["section"])
-        pipeline = state.add_project(ws, "Sales pipeline")
-        for name in SECTIONS:
-            state.add_section(pipeline, name)
-        for name, (kind, options) in FIELDS.items():
-            precision = 0 if name == "Probability" else 2
-            state.add_custom_field(
-                ws, name, kind, options=options, precision=precision, projects=[pipeline]
-            )
-        # The spec's example options, on the unrelated project only.
-        state.add_custom_field(ws, "Development priority", "enum", options=("Low", "High"))
-        seeded = Seeded(ws, pipeline, other, bot, users)
-        owners = [users[e] for _, e in _PEOPLE]
-        for i in range(tasks):
-            seeded.tasks.append(_task(state, seeded, rng, i, owners))
-        return seeded
+        # Seeded history happened over the last day, a second per change, so server time is
+        # not pushed ahead of the clock by hundreds of changes in one millisecond.
+        clock, tick = state.clock, iter(range(10**9))
+        start = clock() - timedelta(days=1)
+        state.clock = lambda: start + timedelta(seconds=next(tick))
+        try:
+            return _seed(state, rng, tasks)
+        finally:
+            state.clock = clock
+
+
+def _seed(state: AsanaState, rng: random.Random, tasks: int) -> Seeded:
+    ws = state.add_workspace(SPEC_EXAMPLES["workspace"])
+    users = {SPEC_USER[1]: state.add_user(*SPEC_USER)}
+    for name, email in _PEOPLE:
+        users[email] = state.add_user(name, email)
+    bot = state.add_user("Salesbridge Bot", "salesbridge@example.com")
+    other = state.add_project(ws, SPEC_EXAMPLES["project"])
+    state.add_section(other, SPEC_EXAMPLES["section"])
+    pipeline = state.add_project(ws, "Sales pipeline")
+    for name in SECTIONS:
+        state.add_section(pipeline, name)
+    for name, (kind, options) in FIELDS.items():
+        precision = 0 if name == "Probability" else 2
+        state.add_custom_field(
+            ws, name, kind, options=options, precision=precision, projects=[pipeline]
+        )
+    # The spec's example options, on the unrelated project only.
+    state.add_custom_field(ws, "Development priority", "enum", options=("Low", "High"))
+    seeded = Seeded(ws, pipeline, other, bot, users)
+    owners = [users[e] for _, e in _PEOPLE]
+    for i in range(tasks):
+        seeded.tasks.append(_task(state, seeded, rng, i, owners))
+    return seeded
 
 
 def _task(state: AsanaState, s: Seeded, rng: random.Random, i: int, owners: list[str]) -> str:

@@ -1,0 +1,131 @@
+"""Shared set-up for the Asana tests (no tests here): a seeded emulator, connectors, spec checks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from openapi_core import OpenAPI
+from openapi_core.exceptions import OpenAPIError
+from openapi_core.testing import MockRequest, MockResponse
+
+from bridge.emulator import Exchange
+from connectors.asana.connector import AsanaConfig, AsanaConnector
+from connectors.asana.emulator import AsanaEmulator, AsanaState
+from connectors.asana.seed import Seeded, seed
+
+BOT_TOKEN = "bot-pat-0123456789"
+HUMAN_TOKEN = "li-pat-0123456789"
+HUMAN = "li.wei@example.com"
+
+
+def strkeys(value: Any) -> Any:
+    """YAML reads status codes as ints; OpenAPI tools want strings."""
+    if isinstance(value, dict):
+        return {str(k): strkeys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strkeys(v) for v in value]
+    return value
+
+
+def load_spec(shared: Path) -> OpenAPI:
+    """The official Asana description (3 MB: load it once per session)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with (shared / "specs" / "asana" / "asana_oas.yaml").open("rb") as f:
+        raw = yaml.load(f, Loader=loader)
+    from openapi_core import Config
+
+    return OpenAPI.from_dict(strkeys(raw), config=Config(spec_validator_cls=None))
+
+
+@dataclass
+class SpecCheck:
+    """A response hook validating every exchange against the description."""
+
+    spec: OpenAPI
+    checked: int = 0
+    undocumented: list[tuple[str, str, int]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def __call__(self, e: Exchange) -> None:
+        try:
+            request = MockRequest(
+                "https://app.asana.com", e.method.lower(), e.path, args=dict(e.params)
+            )
+            content_type = e.response_headers.get("content-type", "application/json")
+            response = MockResponse(e.body, status_code=e.status, content_type=content_type)
+            self.spec.validate_response(request, response)
+            self.checked += 1
+        except OpenAPIError as exc:
+            if "ResponseNotFound" in type(exc).__name__ or "Unknown response" in str(exc):
+                self.undocumented.append((e.method, e.path, e.status))
+                return
+            cause = exc.__cause__
+            self.failures.append(f"{e.method} {e.path}?{e.query} -> {e.status}: {exc} {cause}")
+        except Exception as exc:  # a hook must not raise on the server thread
+            self.failures.append(f"{e.method} {e.path}: {type(exc).__name__}: {exc}")
+
+
+class AsanaWorld:
+    """A seeded emulator on a real port, and connectors as the bot and as a person."""
+
+    def __init__(self, tasks: int = 0, **config: Any) -> None:
+        self.state = AsanaState()
+        self.seeded: Seeded = seed(self.state, tasks=tasks)
+        self.emulator = AsanaEmulator(
+            self.state,
+            tokens={BOT_TOKEN: self.seeded.bot, HUMAN_TOKEN: self.seeded.users[HUMAN]},
+        )
+        self.config = config
+        self.connectors: list[AsanaConnector] = []
+
+    def start(self) -> AsanaWorld:
+        self.emulator.start()
+        return self
+
+    def stop(self) -> None:
+        for c in self.connectors:
+            c.close()
+        self.emulator.stop()
+
+    def connector(
+        self, name: str = "asana", *, token: str = BOT_TOKEN, **config: Any
+    ) -> AsanaConnector:
+        settings: dict[str, Any] = {
+            "token": "env:ASANA_TOKEN",
+            "base_url": self.emulator.api_url,
+            "workspace": self.seeded.workspace,
+            "project": self.seeded.pipeline,
+            "max_attempts": 4,
+            **self.config,
+            **config,
+        }
+        c = AsanaConnector(name, AsanaConfig.model_validate(settings), token=token)
+        self.connectors.append(c)
+        return c
+
+    def person(self) -> AsanaConnector:
+        """The connector a person (Li Wei) would use: edits made 'in Asana'."""
+        return self.connector("li", token=HUMAN_TOKEN)
+
+    def field(self, name: str) -> str:
+        return self.state.field_gid(name)
+
+    def section(self, name: str) -> str:
+        return self.state.section_gid(self.seeded.pipeline, name)
+
+
+def world(tasks: int = 0, **config: Any) -> Iterator[AsanaWorld]:
+    w = AsanaWorld(tasks, **config).start()
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
