@@ -305,13 +305,16 @@ class ControlMiddleware:
         allowed, reset_in, extra = c._spend(credential)
 
         async def send_wrapper(message: Message) -> None:
+            # The start is held back until the body's last chunk has been recorded: a client
+            # may hold a complete response as soon as the headers of a 204 leave.
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-                message = {**message, "headers": headers}
+                state["start"] = {**message, "headers": headers}
                 state["status"] = message["status"]
                 state["headers"] = {k.decode(): v.decode() for k, v in headers}
-            elif message["type"] == "http.response.body":
+                return
+            if message["type"] == "http.response.body":
                 if capture:
                     chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
@@ -327,6 +330,8 @@ class ControlMiddleware:
                     )
                     for hook in c._record(exchange):
                         hook(exchange)
+                if "start" in state:
+                    await send(state.pop("start"))
             await send(message)
 
         pause = c._delay_for(method, path)

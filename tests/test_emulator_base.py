@@ -43,8 +43,9 @@ class Echo(Emulator):
                 return JSONResponse({"error": "no"}, status)
             return JSONResponse({"user": who})
 
-        return Starlette(routes=[Route("/ping", ping, methods=["GET", "POST"]),
-                                 Route("/whoami", whoami)])  # fmt: skip
+        return Starlette(
+            routes=[Route("/ping", ping, methods=["GET", "POST"]), Route("/whoami", whoami)]
+        )
 
 
 @pytest.fixture
@@ -154,8 +155,9 @@ def test_http_client_honours_injected_faults_with_exact_attempts(echo: Echo) -> 
     echo.controls.fail(503, 2, path="/ping")
     echo.controls.fail(429, 1, path="/ping", retry_after=2)
     waits: list[float] = []
-    with HttpClient("echo", echo.base_url, retry=RetryPolicy(max_attempts=5),
-                    sleep=waits.append) as client:  # fmt: skip
+    with HttpClient(
+        "echo", echo.base_url, retry=RetryPolicy(max_attempts=5), sleep=waits.append
+    ) as client:
         assert client.get_json("/ping") == {"pong": True, "q": {}}
     assert echo.controls.count("GET", "/ping") == 4
     assert waits[-1] == 2

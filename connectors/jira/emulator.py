@@ -449,7 +449,6 @@ class JiraEmulator(Emulator):
                 "description": description,
                 "iconUrl": f"{BASE}/images/icons/issuetypes/task.svg",
                 "name": name,
-                "untranslatedName": name,
                 "subtask": subtask,
                 "hierarchyLevel": -1 if subtask else 0,
             }
@@ -568,6 +567,7 @@ class JiraEmulator(Emulator):
 
     def _add_defaults(self) -> None:
         for fid, name, schema, nav in _SYSTEM_FIELDS:
+            schema = {**schema, "system": fid}
             self.fields[fid] = _field_json(fid, name, schema, custom=False, navigable=nav)
         for pid, pname in enumerate(["Highest", "High", "Medium", "Low", "Lowest"], start=1):
             self.priorities[str(pid)] = {
@@ -846,6 +846,8 @@ class JiraEmulator(Emulator):
             "resolutiondate": None,
             "duedate": None,
             "summary": None,
+            "environment": None,
+            **_empty_extras(f"{proj.key}-{number}"),
         }
         issue = _Issue(iid, f"{proj.key}-{number}", fields)
         rest = {k: v for k, v in values.items() if k not in ("project", "issuetype")}
@@ -1077,7 +1079,7 @@ class JiraEmulator(Emulator):
         return _named(table, str(value.get("name", "")))
 
     def _item(self, fid: str, old: Any, new: Any) -> Json:
-        """A changelog item as Jira writes it (Cloud adds ``fieldId``)."""
+        """A changelog item as Jira writes it (Cloud adds ``fieldId``, and account ids)."""
         f = self.fields[fid]
         kind = self._kind(fid)
         ids = (None, None)
@@ -1097,6 +1099,8 @@ class JiraEmulator(Emulator):
         item.update(
             {"from": ids[0], "fromString": _display(old), "to": ids[1], "toString": _display(new)}
         )
+        if kind == "user" and self.mode == "cloud":  # as the captured Cloud changelogs have
+            item.update(tmpFromAccountId=ids[0], tmpToAccountId=ids[1])
         return item
 
     def _do_transition(
@@ -1181,7 +1185,7 @@ class JiraEmulator(Emulator):
     ) -> Json:
         out: Json = {
             "expand": "renderedFields,names,schema,operations,editmeta,changelog,"
-            "versionedRepresentations,customfield_10010.requestTypePractice",
+            "versionedRepresentations",
             "id": issue.id,
             "self": f"{BASE}/rest/api/{api}/issue/{issue.id}",
             "key": issue.key,
@@ -1310,7 +1314,7 @@ class JiraEmulator(Emulator):
             out.append(entry)
         return out
 
-    def _field_meta(self, fid: str, required: bool, *, create: bool = False) -> Json:
+    def _field_meta(self, fid: str, required: bool, *, paged: bool = False) -> Json:
         f = self.fields[fid]
         kind = self._kind(fid)
         ops = ["set"]
@@ -1323,9 +1327,9 @@ class JiraEmulator(Emulator):
             "key": fid,
             "operations": ops,
         }
-        if create:
+        if paged:  # the per-issue-type createmeta pages name the field once more
             meta["fieldId"] = fid
-            meta["hasDefaultValue"] = False
+        meta["hasDefaultValue"] = False
         if kind in ("select", "multiselect"):
             meta["allowedValues"] = copy.deepcopy(self.options.get(fid, []))
         elif kind == "priority":
@@ -1345,13 +1349,13 @@ class JiraEmulator(Emulator):
             }
         }
 
-    def _create_fields(self, proj: _Project, type_id: str) -> list[Json]:
+    def _create_fields(self, proj: _Project, type_id: str, *, paged: bool) -> list[Json]:
         screen = self._screen(proj) | {"project", "issuetype"}
         out = []
         for fid in self.fields:
             if fid in screen and self._kind(fid) not in ("raw", "unknown"):
                 required = fid in ("summary", "project", "issuetype") or fid in proj.required
-                meta = self._field_meta(fid, required, create=True)
+                meta = self._field_meta(fid, required, paged=paged)
                 if fid == "issuetype":
                     meta["allowedValues"] = [self.issue_types[type_id]]
                 if fid == "project":
@@ -1485,7 +1489,6 @@ class JiraEmulator(Emulator):
             "serverTime": format_jira_time(self._now(), self.server_time_zone),
             "scmInfo": "57a0ca5b4a0bb0ac5f3fee4764acb1c14e4d7e71",
             "serverTitle": "Jira",
-            "defaultLocale": {"locale": "en_US"},
             "serverTimeZone": self.server_time_zone,
         }
 
@@ -1536,9 +1539,11 @@ class JiraEmulator(Emulator):
         hits = self.search(jql, user)
         page = hits[offset : offset + limit]
         expand = set(_as_list(p.get("expand")))
-        out: Json = {
-            "issues": [self._render_issue(x, api, user, wanted, expand) for x in page],
-        }
+        if only_ids and not expand:  # the default: ids (and keys if asked) only
+            issues = [{"id": x.id, **({"key": x.key} if "key" in wanted else {})} for x in page]
+        else:
+            issues = [self._render_issue(x, api, user, wanted, expand) for x in page]
+        out: Json = {"issues": issues}
         if offset + limit < len(hits):
             out["nextPageToken"] = _token(offset + limit, digest)
         out["isLast"] = offset + limit >= len(hits)
@@ -1704,7 +1709,9 @@ class JiraEmulator(Emulator):
                     continue
                 entry = {**copy.deepcopy(t), "expand": "fields"}
                 if with_fields:
-                    entry["fields"] = {m["key"]: m for m in self._create_fields(proj, tid)}
+                    entry["fields"] = {
+                        m["key"]: m for m in self._create_fields(proj, tid, paged=False)
+                    }
                 types.append(entry)
             projects.append(
                 {
@@ -1742,7 +1749,7 @@ class JiraEmulator(Emulator):
         tid = request.path_params["type"]
         if proj is None or tid not in proj.issue_types:
             raise JiraError(404, ["No project or issue type could be found."])
-        fields = self._create_fields(proj, tid)
+        fields = self._create_fields(proj, tid, paged=True)
         return self._paged(request, fields, "fields" if self.mode == "cloud" else "values")
 
     def _user_search(self, request: Request, api: str, user: JiraUser) -> list[Json]:
@@ -1854,6 +1861,26 @@ _SYSTEM_FIELDS: list[tuple[str, str, Json, bool]] = [
     ),
     ("environment", "Environment", {"type": "string", "system": "environment"}, True),
     ("comment", "Comment", {"type": "comments-page", "system": "comment"}, False),
+    ("components", "Components", {"type": "array", "items": "component"}, True),
+    ("fixVersions", "Fix versions", {"type": "array", "items": "version"}, True),
+    ("versions", "Affects versions", {"type": "array", "items": "version"}, True),
+    ("attachment", "Attachment", {"type": "array", "items": "attachment"}, False),
+    ("issuelinks", "Linked Issues", {"type": "array", "items": "issuelinks"}, True),
+    ("subtasks", "Sub-tasks", {"type": "array", "items": "issuelinks"}, True),
+    ("votes", "Votes", {"type": "votes"}, True),
+    ("watches", "Watchers", {"type": "watches"}, True),
+    ("worklog", "Log Work", {"type": "array", "items": "worklog"}, False),
+    ("timetracking", "Time tracking", {"type": "timetracking"}, False),
+    ("progress", "Progress", {"type": "progress"}, True),
+    ("aggregateprogress", "Σ Progress", {"type": "progress"}, True),
+    ("timespent", "Time Spent", {"type": "number"}, True),
+    ("timeestimate", "Remaining Estimate", {"type": "number"}, True),
+    ("timeoriginalestimate", "Original estimate", {"type": "number"}, True),
+    ("aggregatetimespent", "Σ Time Spent", {"type": "number"}, True),
+    ("aggregatetimeestimate", "Σ Remaining Estimate", {"type": "number"}, True),
+    ("aggregatetimeoriginalestimate", "Σ Original Estimate", {"type": "number"}, True),
+    ("workratio", "Work Ratio", {"type": "number"}, True),
+    ("lastViewed", "Last Viewed", {"type": "datetime"}, True),
 ]
 _SYSTEM_KINDS = {
     "summary": "summary",
@@ -1916,9 +1943,38 @@ def _field_json(fid: str, name: str, schema: Json, *, custom: bool, navigable: b
         "clauseNames": clauses,
         "schema": schema,
     }
-    if custom:
-        out["untranslatedName"] = name
     return out
+
+
+def _empty_extras(key: str) -> Json:
+    """The fields every Jira issue carries even when nobody uses them."""
+    nothing = {"progress": 0, "total": 0}
+    return {
+        **{f: [] for f in ("components", "fixVersions", "versions", "issuelinks", "subtasks")},
+        "attachment": [],
+        "votes": {"self": f"{BASE}/rest/api/2/issue/{key}/votes", "votes": 0, "hasVoted": False},
+        "watches": {
+            "self": f"{BASE}/rest/api/2/issue/{key}/watchers",
+            "watchCount": 1,
+            "isWatching": True,
+        },
+        "worklog": {"startAt": 0, "maxResults": 20, "total": 0, "worklogs": []},
+        "timetracking": {},
+        "progress": dict(nothing),
+        "aggregateprogress": dict(nothing),
+        **dict.fromkeys(
+            (
+                "timespent",
+                "timeestimate",
+                "timeoriginalestimate",
+                "aggregatetimespent",
+                "aggregatetimeestimate",
+                "aggregatetimeoriginalestimate",
+                "lastViewed",
+            )
+        ),
+        "workratio": -1,
+    }
 
 
 def _avatars(kind: str, ident: str) -> dict[str, str]:
@@ -2422,17 +2478,39 @@ class _Context:
                     f"'{self.em.fields[fid]['name'].lower()}'."
                 )
             return user
-        if kind == "project" and self.em.project(v.text) is None:
-            raise JqlError(f"The value '{v.text}' does not exist for the field 'project'.")
-        if kind == "status" and self.em.status(v.text) is None:
-            raise JqlError(f"The value '{v.text}' does not exist for the field 'status'.")
-        if kind == "issuetype" and _named(self.em.issue_types, v.text) is None:
-            raise JqlError(f"The value '{v.text}' does not exist for the field 'issuetype'.")
+        if kind in ("project", "status", "issuetype", "priority", "resolution"):
+            ids = self._ids(kind, v.text)
+            if not ids:
+                raise JqlError(f"The value '{v.text}' does not exist for the field '{kind}'.")
+            return ids
         if kind == "key" and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*-\d+", v.text):
             raise JqlError(f"The issue key '{v.text}' for field 'key' is invalid.")
         if kind == "id":
             return int(v.text) if v.text.isdigit() else v.text
         return v.text
+
+    def _ids(self, kind: str, text: str) -> frozenset[str]:
+        """The ids of the statuses (issue types, projects...) a JQL value names."""
+        em = self.em
+        low = text.casefold()
+        if kind == "project":
+            return frozenset(
+                str(p.raw["id"])
+                for p in em.projects.values()
+                if low in (p.key.casefold(), str(p.raw["name"]).casefold(), str(p.raw["id"]))
+            )
+        table = {
+            "status": em.statuses,
+            "issuetype": em.issue_types,
+            "priority": em.priorities,
+            "resolution": em.resolutions,
+        }[kind]
+        return frozenset(
+            ident
+            for ident, item in table.items()
+            if low == ident
+            or low in (str(item.get(k, "")).casefold() for k in ("name", "untranslatedName"))
+        )
 
     def _date(self, text: str, fid: str) -> datetime:
         s = text.strip()
@@ -2476,6 +2554,8 @@ class _Context:
             return bool(actual == wanted)
         if kind == "labels":
             return str(actual) == str(wanted)
+        if isinstance(wanted, frozenset):  # a name stands for every object of that name
+            return isinstance(actual, dict) and str(actual.get("id")) in wanted
         w = str(wanted).casefold()
         if isinstance(actual, dict):
             names = [actual.get(k) for k in ("id", "key", "name", "value", "untranslatedName")]
@@ -2500,6 +2580,7 @@ class _Context:
     def sort_key(self, name: str) -> Callable[[_Issue], Any]:
         fid = self.field(name)
         kind = self.kind(fid)
+        positions = {sid: i for i, sid in enumerate(self.em.statuses)}
 
         def key(issue: _Issue) -> Any:
             value = self._actual(issue, fid, kind)
@@ -2509,6 +2590,8 @@ class _Context:
                 return (0, _key_order(str(value)))
             if kind == "id":
                 return (0, value)
+            if kind == "status":  # Jira orders statuses by their position in the status list
+                return (0, positions.get(str(value.get("id")), len(positions)))
             if kind in ("datetime",):
                 return (0, parse_jira_time(str(value)).timestamp())
             if kind in ("date", "duedate", "number"):

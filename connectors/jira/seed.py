@@ -120,32 +120,6 @@ def _infer_schema(fid: str, values: list[Any]) -> Json:
     return schema
 
 
-_EXTRA_SYSTEM: dict[str, tuple[str, Json]] = {
-    "components": ("Components", {"type": "array", "items": "component"}),
-    "fixVersions": ("Fix versions", {"type": "array", "items": "version"}),
-    "versions": ("Affects versions", {"type": "array", "items": "version"}),
-    "attachment": ("Attachment", {"type": "array", "items": "attachment"}),
-    "issuelinks": ("Linked Issues", {"type": "array", "items": "issuelinks"}),
-    "subtasks": ("Sub-tasks", {"type": "array", "items": "issuelinks"}),
-    "votes": ("Votes", {"type": "votes"}),
-    "watches": ("Watchers", {"type": "watches"}),
-    "worklog": ("Log Work", {"type": "array", "items": "worklog"}),
-    "timetracking": ("Time tracking", {"type": "timetracking"}),
-    "progress": ("Progress", {"type": "progress"}),
-    "aggregateprogress": ("Σ Progress", {"type": "progress"}),
-    "timespent": ("Time Spent", {"type": "number"}),
-    "timeestimate": ("Remaining Estimate", {"type": "number"}),
-    "timeoriginalestimate": ("Original estimate", {"type": "number"}),
-    "aggregatetimespent": ("Σ Time Spent", {"type": "number"}),
-    "aggregatetimeestimate": ("Σ Remaining Estimate", {"type": "number"}),
-    "aggregatetimeoriginalestimate": ("Σ Original Estimate", {"type": "number"}),
-    "workratio": ("Work Ratio", {"type": "number"}),
-    "lastViewed": ("Last Viewed", {"type": "datetime"}),
-    "security": ("Security Level", {"type": "securitylevel"}),
-    "issuerestriction": ("Restrict to", {"type": "issuerestriction"}),
-}
-
-
 def load_devlake(em: JiraEmulator, directory: Path) -> list[str]:
     """Load DevLake's raw Jira tables from ``directory``; return the keys of loaded issues."""
     from connectors.jira.emulator import _field_json  # shared with add_field
@@ -183,9 +157,6 @@ def load_devlake(em: JiraEmulator, directory: Path) -> list[str]:
             if fid.startswith("customfield_") and fid not in em.fields:
                 em.fields[fid] = _field_json(fid, fid, _infer_schema(fid, seen), custom=True)
                 em.fields[fid]["clauseNames"] = [f"cf[{fid.rpartition('_')[2]}]"]
-            elif fid in _EXTRA_SYSTEM and fid not in em.fields:
-                name, schema = _EXTRA_SYSTEM[fid]
-                em.fields[fid] = _field_json(fid, name, {**schema, "system": fid}, custom=False)
 
         statuses_of: dict[str, list[str]] = {}
         types_of: dict[str, list[str]] = {}
@@ -208,6 +179,20 @@ def load_devlake(em: JiraEmulator, directory: Path) -> list[str]:
                 None,
                 (),
             )
+
+        for data in issues:  # issues captured from another site (K5) bring their project
+            raw = data["fields"]["project"]
+            if raw["key"] not in em.projects:
+                key = raw["key"]
+                em.projects[key] = _Project(
+                    {**raw, "_lead": next(iter(em.users))},
+                    types_of[key],
+                    Workflow.simplified(
+                        f"Software Simplified Workflow for Project {key}", statuses_of[key]
+                    ),
+                    None,
+                    (),
+                )
 
         keys = []
         for data in issues:
