@@ -24,12 +24,55 @@ HUMAN = "li.wei@example.com"
 
 
 def strkeys(value: Any) -> Any:
-    """YAML reads status codes as ints; OpenAPI tools want strings."""
+    """The description as OpenAPI tools read it.
+
+    * YAML reads status codes as ints; OpenAPI tools want strings.
+    """
     if isinstance(value, dict):
         return {str(k): strkeys(v) for k, v in value.items()}
     if isinstance(value, list):
         return [strkeys(v) for v in value]
     return value
+
+
+def lift_nullable(spec: dict[str, Any]) -> dict[str, Any]:
+    """Asana marks many references nullable as ``allOf: [{$ref}, {nullable: true}]`` (a task's
+    ``assignee`` and ``parent``, an event's ``parent``, a custom field's ``enum_value``), and the
+    live API sends ``null`` there. openapi-core applies every ``allOf`` branch to ``null``, and
+    the referenced schema refuses it; so such a branch points at a nullable copy of its schema.
+    This is the description's evident intent, and it is the one change made to it."""
+    components = spec["components"]["schemas"]
+    extra: dict[str, Any] = {}
+
+    def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            name = ref.rsplit("/", 1)[-1]
+            if f"{name}__nullable" not in extra:
+                extra[f"{name}__nullable"] = {}
+                extra[f"{name}__nullable"] = nullable(walk(components[name]))
+            return {"$ref": f"#/components/schemas/{name}__nullable"}
+        out = {**schema, "nullable": True}
+        if isinstance(schema.get("allOf"), list):
+            out["allOf"] = [nullable(b) for b in schema["allOf"]]
+        return out
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        out = {k: walk(v) for k, v in value.items()}
+        branches = out.get("allOf")
+        if isinstance(branches, list) and any(
+            isinstance(b, dict) and b.get("nullable") for b in branches
+        ):
+            out = nullable(out)
+        return out
+
+    walked: dict[str, Any] = walk(spec)
+    walked["components"]["schemas"].update(extra)
+    return walked
 
 
 def load_spec(shared: Path) -> OpenAPI:
@@ -39,7 +82,7 @@ def load_spec(shared: Path) -> OpenAPI:
         raw = yaml.load(f, Loader=loader)
     from openapi_core import Config
 
-    return OpenAPI.from_dict(strkeys(raw), config=Config(spec_validator_cls=None))
+    return OpenAPI.from_dict(lift_nullable(strkeys(raw)), config=Config(spec_validator_cls=None))
 
 
 @dataclass

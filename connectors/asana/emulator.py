@@ -15,10 +15,12 @@ multi-enum, people) with their project settings, tasks with subtasks and stories
 * bearer personal access tokens (401 otherwise); 429/5xx through the shared
   :class:`~bridge.emulator.Controls`.
 
-Where the official OpenAPI description and the live service disagree the emulator follows the
-description, because its responses are validated against it: a custom field value with no
-enum option omits ``enum_value`` rather than sending ``null`` (the description does not allow
-null there). Errors have Asana's ``{"errors": [{"message", "help"}]}`` shape.
+Responses are validated against the official OpenAPI description in the tests. Like the live
+service, the emulator sends ``null`` for empty references (``assignee``, ``parent``,
+``enum_value``), which the description marks nullable through ``allOf``. Two places where the
+live service sends ``null`` but the description does not allow it follow the description: an
+event without a parent omits ``parent``, a date custom field without a time omits
+``date_value.date_time``. Errors have Asana's ``{"errors": [{"message", "help"}]}`` shape.
 
 State lives in memory; every change goes through one lock. Server time is real UTC time with
 millisecond resolution, bumped so that it never repeats: ``modified_at`` orders changes.
@@ -411,13 +413,12 @@ class AsanaState:
             out["number_value"] = value
             display = None if value is None else f"{value:.{f['precision']}f}"
         elif kind == "date":
-            out["date_value"] = None if value is None else {"date": value, "date_time": None}
+            out["date_value"] = None if value is None else {"date": value}
             display = value
         elif kind == "enum":
             opt = next((o for o in f["options"] if o["gid"] == value), None)
-            if opt is not None:  # the description does not allow enum_value: null
-                out["enum_value"] = self._option(opt)
-                display = opt["name"]
+            out["enum_value"] = None if opt is None else self._option(opt)
+            display = None if opt is None else opt["name"]
         elif kind == "multi_enum":
             opts = [o for o in f["options"] if o["gid"] in (value or [])]
             out["multi_enum_values"] = [self._option(o) for o in opts]
@@ -574,9 +575,10 @@ class AsanaState:
             "resource": resource,
             "type": resource["resource_type"],
             "action": action,
-            "parent": parent,
             "created_at": self.now(),
         }
+        if parent is not None:  # the description does not let parent be null
+            data["parent"] = parent
         if change is not None:
             data["change"] = change
         subs = frozenset(subscribers)
