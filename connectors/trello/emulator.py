@@ -16,8 +16,7 @@ per 10 s per token, then 429 with Trello's JSON error; webhooks check their call
 on registration and sign each delivery with ``X-Trello-Webhook`` (base64 HMAC-SHA1 of body +
 callback URL, keyed with the application secret).
 
-Differences from Trello: every action gets a distinct millisecond (later than the one before),
-so ``since`` by date is exact; webhook deliveries are made before the write's response returns
+Differences from Trello: webhook deliveries are made before the write's response returns
 (Trello sends them within seconds); permissions are not modelled (every valid token may read
 and write every board).
 
@@ -42,7 +41,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -79,6 +78,7 @@ def trello_time(at: datetime) -> str:
 
 
 def parse_trello_time(text: str) -> datetime:
+    """Trello's time text (or a bare date: its midnight UTC) as an aware datetime."""
     at = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
@@ -600,11 +600,11 @@ class TrelloEmulator(Emulator):
         return f"{seconds:08x}{_MACHINE}{next(self._counter):06x}"
 
     def _now(self) -> datetime:
-        """Server time, one millisecond after the last action at least."""
+        """Server time in milliseconds; never before the last action's (a clock set back)."""
         now = self.clock().astimezone(UTC)
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
-        if self._last is not None and now <= self._last:
-            now = self._last + timedelta(milliseconds=1)
+        if self._last is not None and now < self._last:
+            now = self._last
         self._last = now
         return now
 
@@ -769,8 +769,9 @@ class TrelloEmulator(Emulator):
             raise TrelloError(400, f"invalid option for custom field {field['name']}: {value}")
         if kind == "checkbox":
             return {"value": {"checked": "true" if value else "false"}}
-        if kind == "date" and isinstance(value, datetime):
-            return {"value": {"date": trello_time(value)}}
+        if kind == "date":
+            at = value if isinstance(value, datetime) else parse_trello_time(str(value))
+            return {"value": {"date": trello_time(at)}}
         return {"value": {kind: str(value)}}
 
     def _set_custom(self, card: Json, field: Json, value: Any, actor: str | None) -> None:
@@ -1162,17 +1163,17 @@ class TrelloEmulator(Emulator):
         value = body.get("value")
         if not value:
             return None
-        key = field["type"]
+        key = "checked" if field["type"] == "checkbox" else field["type"]
         raw = value.get(key) if isinstance(value, dict) else None
         if not isinstance(value, dict) or set(value) != {key} or raw is None:
             raise TrelloError(400, "Invalid custom field item value.")
-        raw = str(raw).lower() if key == "checkbox" else str(raw)
+        raw = str(raw).lower() if key == "checked" else str(raw)
         try:
             if key == "number":
                 float(raw)
             elif key == "date":
                 parse_trello_time(raw)
-            elif key == "checkbox" and raw not in ("true", "false"):
+            elif key == "checked" and raw not in ("true", "false"):
                 raise ValueError(raw)
         except ValueError:
             raise TrelloError(400, "Invalid custom field item value.") from None
