@@ -346,7 +346,9 @@ def test_history_is_the_deal_flow_with_stage_names_and_real_times(
         deal = emulator.add_deal(
             title="Acme", stage_id=emulator.stage_id("Sales pipeline", "Lead in")
         )
-        moved_at = emulator.clock.now + timedelta(seconds=1)
+        clock = emulator.clock
+        assert isinstance(clock, SteppingClock)
+        moved_at = clock.now + timedelta(seconds=1)
         emulator.edit_deal(
             deal, user_id=2, stage_id=emulator.stage_id("Sales pipeline", "Qualified")
         )

@@ -1235,7 +1235,7 @@ def _standard_field(code: str, name: str, field_type: str) -> Row:
     return {
         "field_name": name,
         "field_code": code,
-        "description": None,
+        "description": f"The {name.lower()} of the deal",
         "field_type": field_type,
         "options": None,
         "subfields": (
