@@ -45,7 +45,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bridge.emulator import Authenticator, Controls, Emulator
 from connectors.salesforce import soql
@@ -1091,7 +1091,16 @@ class SalesforceEmulator(Emulator):
             Route(f"{data}/composite/sobjects/{{sobject}}/{{field}}", api(self._collection_upsert),
                   methods=["PATCH"]),
         ]  # fmt: skip
-        return Starlette(routes=routes)
+        app = Starlette(routes=routes)
+
+        async def same_without_slash(scope: Scope, receive: Receive, send: Send) -> None:
+            # Salesforce answers ".../query/?q=" like ".../query?q=" (simple-salesforce sends
+            # both forms); a redirect would cost the client a second request.
+            if scope["type"] == "http" and len(scope["path"]) > 1:
+                scope = {**scope, "path": scope["path"].rstrip("/")}
+            await app(scope, receive, send)
+
+        return same_without_slash
 
     # -- OAuth
 

@@ -1,0 +1,808 @@
+"""Salesforce Opportunities as sales projects, through simple-salesforce on our HTTP policy.
+
+**HTTP.** simple-salesforce calls ``session.request`` for everything it does; we hand it a
+:class:`_PolicySession` whose ``request`` is :meth:`bridge.http.HttpClient.request`. So every
+call it makes is throttled by the connector's rate limit, timed out, counted in
+``connector.http.counter`` (one count per attempt) and redacted, and 429/5xx are retried:
+GETs always, PATCHes too (an update, an upsert on an external id and a collections update or
+upsert give the same result when repeated), POSTs (creates) only on 429. Every other status is
+handed back to simple-salesforce, which raises its own exception; :meth:`_call` maps those to
+:mod:`bridge.errors`.
+
+**Auth.** simple-salesforce builds its login URLs as ``https://{domain}.salesforce.com``, which
+cannot name a My Domain URL with a port or the emulator, so the connector runs the OAuth 2.0
+username-password flow itself (``POST {login_url}/services/oauth2/token``: consumer key and
+secret, username, password + security token) and gives simple-salesforce the access token and
+instance URL (its "direct" mode). Alternatively configure an access token and instance URL.
+On ``INVALID_SESSION_ID`` the connector logs in again once and repeats the call; with a bare
+access token it raises AuthError. simple-salesforce writes ``https://`` into every URL, so an
+``http://`` instance URL is only accepted on a loopback host (the emulator), where a transport
+adapter sends those requests over plain HTTP.
+
+**Records.** Fields are Opportunity API names with the value shapes of :mod:`connectors.base`.
+A few keys are the connector's own: ``Account.Name`` (the account, found or created by name on
+writes), ``OwnerId`` (a user dict; written by e-mail), ``OpportunityContactRoles`` (stakeholders),
+``Tasks.Completed`` (actions) and ``Tasks.Open`` (next steps), read through child subqueries.
+The canonical id lives in an external id field (``Canonical_Id__c``), so creates are upserts
+on it and can never duplicate. ``version`` is ``SystemModstamp``; ``updated_at``
+``LastModifiedDate``.
+
+**Pulls** are one SOQL query, paged by ``nextRecordsUrl``: ``queryAll`` (deleted records
+included, as ``deleted``) ``WHERE SystemModstamp >= cursor - overlap ORDER BY SystemModstamp,
+Id``, selecting only the fields in use (:meth:`select`).
+
+**Batch writes.** :meth:`update_many` and :meth:`create_many` write up to 200 records per
+request through sObject Collections.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any, ClassVar, Literal, TypeVar
+from urllib.parse import quote, urlsplit
+
+import requests
+from pydantic import Field, field_validator, model_validator
+from requests.adapters import HTTPAdapter
+from simple_salesforce.api import Salesforce
+from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
+
+from bridge.errors import ConnectorError
+from bridge.http import RETRY_STATUSES, HttpClient
+from bridge.secrets import Secret, register_secret
+from connectors.base import (
+    AuthError,
+    Connector,
+    ConnectorConfig,
+    Cursor,
+    FatalError,
+    HistoryEntry,
+    Page,
+    RateLimited,
+    RemoteField,
+    RemoteRecord,
+    RemoteUser,
+    Schema,
+    SkippableRecord,
+    StaleVersion,
+    parse_duration,
+)
+from connectors.salesforce.soql import parse_datetime
+
+log = logging.getLogger("salesbridge.salesforce")
+
+T = TypeVar("T")
+SOBJECT = "Opportunity"
+COLLECTION_SIZE = 200
+ACCOUNT, OWNER, ROLES = "Account.Name", "OwnerId", "OpportunityContactRoles"
+DONE_TASKS, OPEN_TASKS = "Tasks.Completed", "Tasks.Open"
+_VIRTUAL: dict[str, tuple[str, str, bool]] = {
+    ACCOUNT: ("Account Name", "text", True),
+    OWNER: ("Owner", "user", True),
+    ROLES: ("Contact Roles", "json", False),
+    DONE_TASKS: ("Completed Tasks", "json", False),
+    OPEN_TASKS: ("Open Tasks", "json", False),
+}
+_ALWAYS = ("Id", "IsDeleted", "SystemModstamp", "LastModifiedDate", "LastModifiedBy.Email")
+_ROLE_QUERY = "(SELECT Role, IsPrimary, Contact.Name, Contact.Title, Contact.Email FROM {rel})"
+_TASK_QUERY = (
+    "(SELECT Subject, Status, IsClosed, ActivityDate, CompletedDateTime, LastModifiedDate, "
+    "Owner.Name, Owner.Email FROM Tasks ORDER BY ActivityDate)"
+)
+_SF_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$")
+# Errors about one record's values: the record is quarantined, the rest of the sync goes on.
+_RECORD_ERRORS = frozenset(
+    {
+        "FIELD_CUSTOM_VALIDATION_EXCEPTION", "REQUIRED_FIELD_MISSING", "STRING_TOO_LONG",
+        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", "INVALID_TYPE_ON_FIELD_IN_RECORD",
+        "FIELD_INTEGRITY_EXCEPTION", "INVALID_CROSS_REFERENCE_KEY", "DUPLICATE_VALUE",
+        "NUMBER_OUTSIDE_VALID_RANGE", "INVALID_EMAIL_ADDRESS", "MALFORMED_ID",
+        "FIELD_FILTER_VALIDATION_EXCEPTION", "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+    }
+)  # fmt: skip
+DEFAULT_ROLES = {
+    "Decision Maker": "decision_maker",
+    "Economic Decision Maker": "economic_buyer",
+    "Economic Buyer": "economic_buyer",
+    "Executive Sponsor": "champion",
+    "Influencer": "influencer",
+    "Technical Buyer": "technical_buyer",
+    "Evaluator": "influencer",
+    "Business User": "user",
+    "Other": "other",
+}
+_HISTORY_FIELDS = ("StageName", "Amount", "CloseDate", "Probability")
+
+
+class SalesforceConfig(ConnectorConfig):
+    """``[connectors.<name>]`` with ``kind = "salesforce"``. Secrets are ``env:VAR`` references."""
+
+    kind: Literal["salesforce"] = "salesforce"
+    login_url: str = Field(
+        "https://login.salesforce.com",
+        description="where to log in: https://login.salesforce.com, https://test.salesforce.com "
+        "(sandboxes) or your My Domain URL",
+    )
+    username: str | None = None
+    password: Secret | None = None
+    security_token: Secret | None = Field(None, description="appended to the password")
+    client_id: str | None = Field(None, description="the connected app's consumer key")
+    client_secret: Secret | None = Field(None, description="the connected app's consumer secret")
+    access_token: Secret | None = Field(None, description="instead of a login: a session token")
+    instance_url: str | None = Field(None, description="with access_token: the org's URL")
+    api_version: str = Field("59.0", pattern=r"^\d+\.\d$")
+    external_id_field: str = Field(
+        "Canonical_Id__c",
+        description="an Opportunity text field marked External ID and Unique, holding the "
+        "canonical project id; creates are upserts on it",
+    )
+    fields: list[str] | None = Field(
+        None, description="Opportunity fields to read (API names); default: every field"
+    )
+    page_size: int = Field(2000, ge=1, le=2000, description="records per query batch")
+    overlap: timedelta = Field(
+        timedelta(minutes=2), description="re-read window before the cursor (late commits)"
+    )
+    contact_roles: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_ROLES),
+        description="OpportunityContactRole.Role -> stakeholder role",
+    )
+
+    @field_validator("overlap", mode="before")
+    @classmethod
+    def _overlap(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SalesforceConfig:
+        login = (self.username, self.password, self.client_id, self.client_secret)
+        if self.access_token is not None:
+            if not self.instance_url:
+                raise ValueError("access_token needs instance_url (the org's https:// URL)")
+        elif not all(v is not None for v in login):
+            raise ValueError(
+                "set username, password (+ security_token), client_id and client_secret for the "
+                "OAuth password flow, or access_token and instance_url"
+            )
+        for url in (self.login_url, self.instance_url):
+            if url is not None:
+                _check_url(url)
+        return self
+
+
+def _check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and _loopback(parts.hostname):
+        return
+    raise ValueError(f"{url!r}: Salesforce URLs are https:// (http:// only on 127.0.0.1)")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _PolicySession(requests.Session):
+    """The session simple-salesforce gets: each request goes through our :class:`HttpClient`."""
+
+    def __init__(self, http: HttpClient) -> None:
+        super().__init__()
+        self.http = http
+
+    def request(  # type: ignore[override]
+        self, method: str, url: str, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        return self.http.request(
+            method,
+            url,
+            params=kwargs.get("params"),
+            data=kwargs.get("data"),
+            json=kwargs.get("json"),
+            headers=kwargs.get("headers"),
+            timeout=kwargs.get("timeout"),
+            expect=_HANDED_BACK,
+            retry=True if method.upper() == "PATCH" else None,
+        )
+
+
+_HANDED_BACK = tuple(s for s in range(300, 600) if s not in RETRY_STATUSES)
+
+
+class _PlainHttp(HTTPAdapter):
+    """Sends simple-salesforce's ``https://`` URLs for a loopback emulator over plain HTTP."""
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.url and request.url.startswith("https://"):
+            request.url = "http://" + request.url.removeprefix("https://")
+        return super().send(request, *args, **kwargs)
+
+
+class SalesforceConnector(Connector[SalesforceConfig]):
+    """Opportunities of one org. ``sleep`` is the HTTP client's (tests pass a fake)."""
+
+    kind: ClassVar[str] = "salesforce"
+    config_model: ClassVar[type[ConnectorConfig]] = SalesforceConfig
+
+    def __init__(
+        self, name: str, config: SalesforceConfig, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        super().__init__(name, config)
+        self.http = HttpClient.from_config(name, config.login_url, config, sleep=sleep)
+        self._session = _PolicySession(self.http)
+        self._sf: Salesforce | None = None
+        self._instance_url = ""
+        self._columns: tuple[str, ...] | None = tuple(config.fields) if config.fields else None
+        self._users: dict[str, RemoteUser] | None = None
+        self._accounts: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ session
+
+    def _client(self) -> Salesforce:
+        if self._sf is None:
+            token, instance = self._login()
+            parts = urlsplit(instance)
+            if parts.scheme == "http":
+                _check_url(instance)
+                self.http.session.mount(f"https://{parts.netloc}/", _PlainHttp())
+            self._instance_url = instance.rstrip("/")
+            self._sf = Salesforce(
+                session_id=token,
+                instance_url=instance,
+                session=self._session,
+                version=self.config.api_version,
+            )
+        return self._sf
+
+    def _login(self) -> tuple[str, str]:
+        c = self.config
+        if c.access_token is not None:
+            assert c.instance_url is not None
+            return c.access_token.reveal(), c.instance_url
+        assert c.password and c.client_secret and c.username and c.client_id
+        password = c.password.reveal() + (c.security_token.reveal() if c.security_token else "")
+        response = self.http.request(
+            "POST",
+            c.login_url.rstrip("/") + "/services/oauth2/token",
+            data={
+                "grant_type": "password",
+                "client_id": c.client_id,
+                "client_secret": c.client_secret.reveal(),
+                "username": c.username,
+                "password": password,
+            },
+            expect=(400, 401),
+            retry=True,
+        )
+        body = self.http.decode_json(response)
+        if response.status_code != 200 or not isinstance(body, dict):
+            error = body.get("error_description") or body.get("error") if body else None
+            raise AuthError(
+                f"{self.name}: Salesforce login as {c.username} failed: {error}; check "
+                "username, password, security_token, client_id and client_secret",
+                connector=self.name,
+                status=response.status_code,
+            )
+        token, instance = body.get("access_token"), body.get("instance_url")
+        if not (isinstance(token, str) and isinstance(instance, str)):
+            raise AuthError(f"{self.name}: the token response lacks a token", connector=self.name)
+        register_secret(token)
+        return token, instance
+
+    def _call(self, fn: Callable[[Salesforce], T], *, ref: str | None = None) -> T:
+        """Run ``fn`` on the client; log in again once on INVALID_SESSION_ID; map errors."""
+        for attempt in (1, 2):
+            sf = self._client()
+            try:
+                return fn(sf)
+            except SalesforceExpiredSession as exc:
+                self._sf = None
+                if attempt == 2 or self.config.access_token is not None:
+                    raise AuthError(
+                        f"{self.name}: Salesforce session expired or invalid ({_code(exc)}); "
+                        + (
+                            "renew access_token"
+                            if self.config.access_token is not None
+                            else "logging in again did not help"
+                        ),
+                        connector=self.name,
+                        status=401,
+                    ) from None
+                log.info("%s: session expired; logging in again", self.name)
+            except SalesforceError as exc:
+                raise self._error(exc, ref) from None
+        raise AssertionError("unreachable")
+
+    def _error(self, exc: SalesforceError, ref: str | None) -> ConnectorError:
+        code, message = _code(exc), _message(exc)
+        text = f"{self.name}: Salesforce refused the request: {code}: {message}"
+        if code == "REQUEST_LIMIT_EXCEEDED":
+            return RateLimited(text, connector=self.name, status=exc.status)
+        if exc.status == 412 and ref is not None:
+            return StaleVersion(ref, None, None, connector=self.name)
+        if code in _RECORD_ERRORS and ref is not None:
+            return SkippableRecord(
+                ref, f"Salesforce refused it: {code}: {message}", connector=self.name
+            )
+        if exc.status in (401, 403):
+            return AuthError(text, connector=self.name, status=exc.status)
+        return FatalError(text, connector=self.name, status=exc.status)
+
+    # ------------------------------------------------------------------ reading
+
+    def check(self) -> str:
+        info = self._call(lambda sf: sf.restful(f"sobjects/{SOBJECT}"))
+        describe = (info or {}).get("objectDescribe", {})
+        can = [w for w in ("createable", "updateable") if describe.get(w)]
+        who = self.config.username or "an access token"
+        rights = "/".join(can) or "read-only"
+        version = self.config.api_version
+        return f"Salesforce {self._instance_url} as {who}: {SOBJECT} {rights} (API v{version})"
+
+    def discover(self) -> Schema:
+        """Opportunity fields by API name and label, the stage picklist and the active users."""
+        describe = self._call(lambda sf: sf.restful(f"sobjects/{SOBJECT}/describe"))
+        found: list[RemoteField] = []
+        stages: tuple[str, ...] = ()
+        for f in (describe or {}).get("fields", ()):
+            name = f["name"]
+            if name in (self.config.external_id_field, OWNER):
+                continue
+            options = tuple(p["value"] for p in f.get("picklistValues") or () if p.get("active"))
+            if name == "StageName":
+                stages = options
+            found.append(
+                RemoteField(
+                    name,
+                    f["label"],
+                    f["type"],
+                    options=options,
+                    custom=bool(f.get("custom")),
+                    writable=bool(f.get("createable") or f.get("updateable")),
+                )
+            )
+        for key, (label, ftype, writable) in _VIRTUAL.items():
+            found.append(RemoteField(key, label, ftype, writable=writable))
+        users = self._user_index(refresh=True)
+        unique = {u.id: u for u in users.values()}
+        return Schema(fields=tuple(found), users=tuple(unique.values()), stages=stages)
+
+    def select(self, fields: Iterable[str]) -> None:
+        """Read only these fields (the mapping's ``remote_fields_needed``) from now on."""
+        self._columns = tuple(
+            dict.fromkeys(f for f in fields if f != self.config.external_id_field)
+        )
+
+    def pull(self, cursor: Cursor, *, signpost: datetime, full: bool = False) -> Iterator[Page]:
+        if signpost.tzinfo is None:
+            raise ValueError(f"signpost must be timezone-aware, got {signpost!r}")
+        start = None if full else _position(cursor.get())
+        where = ""
+        if start is not None:
+            since = (start - self.config.overlap).astimezone(UTC).replace(microsecond=0)
+            where = f" WHERE SystemModstamp >= {since.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        # SOQL is built from field names and quoted literals only (see _quote).
+        soql = f"SELECT {self._select_list()} FROM {SOBJECT}{where} ORDER BY SystemModstamp, Id"  # noqa: S608
+        headers = {"Sforce-Query-Options": f"batchSize={self.config.page_size}"}
+        result = self._call(lambda sf: sf.query(soql, include_deleted=not full, headers=headers))
+        position = start
+        while True:
+            records: list[RemoteRecord] = []
+            skipped: list[SkippableRecord] = []
+            for raw in result.get("records", ()):
+                try:
+                    record = self._record(raw)
+                except SkippableRecord as exc:
+                    skipped.append(exc)
+                    continue
+                records.append(record)
+                at = parse_datetime(record.version)
+                position = at if position is None else max(position, at)
+            cur = cursor
+            if position is not None:
+                cur = cursor.advanced("", _iso(min(position, signpost.astimezone(UTC))))
+            yield Page(records, cur, skipped)
+            cursor = cur
+            if result.get("done", True):
+                return
+            more = result["nextRecordsUrl"]
+            result = self._call(
+                lambda sf, more=more: sf.query_more(more, identifier_is_url=True, headers=headers)  # type: ignore[misc]
+            )
+
+    def get(self, ref: str) -> RemoteRecord | None:
+        rows = self._query_records(f"Id = {_quote(ref)}", ref=ref)
+        return rows[0] if rows else None
+
+    def find_by_stamp(self, stamp: str) -> RemoteRecord | None:
+        rows = self._query_records(f"{self.config.external_id_field} = {_quote(stamp)}")
+        return rows[0] if rows else None
+
+    def history(self, ref: str, since: datetime | None = None) -> list[HistoryEntry]:
+        """Stage, amount, close date and probability changes from OpportunityHistory, with the
+        times Salesforce recorded them (the first row is the record's creation)."""
+        soql = (
+            f"SELECT {', '.join(_HISTORY_FIELDS)}, CreatedDate, CreatedBy.Email "  # noqa: S608
+            f"FROM OpportunityHistory WHERE OpportunityId = {_quote(ref)} ORDER BY CreatedDate, Id"
+        )
+        rows = self._call(lambda sf: sf.query_all(soql)["records"])
+        entries: list[HistoryEntry] = []
+        previous: Mapping[str, Any] = {}
+        for row in rows:
+            at = parse_datetime(row["CreatedDate"])
+            actor = (row.get("CreatedBy") or {}).get("Email")
+            for f in _HISTORY_FIELDS:
+                if row.get(f) != previous.get(f):
+                    entries.append(HistoryEntry(at, f, previous.get(f), row.get(f), actor))
+            previous = row
+        return [e for e in entries if since is None or e.at >= since]
+
+    # ------------------------------------------------------------------ writing
+
+    def create(self, fields: Mapping[str, Any], *, stamp: str) -> RemoteRecord:
+        """An upsert on the external id: repeating it (after a lost response) creates nothing."""
+        body = self._body(fields, ref=stamp)
+        key = f"{self.config.external_id_field}/{quote(stamp, safe='')}"
+        path = f"sobjects/{SOBJECT}/{key}"
+        result = self._call(lambda sf: sf.restful(path, method="PATCH", json=body), ref=stamp)
+        rid = (result or {}).get("id")
+        if not isinstance(rid, str):
+            raise FatalError(
+                f"{self.name}: the upsert of {stamp} returned no id", connector=self.name
+            )
+        created = self.get(rid)
+        if created is None:
+            raise FatalError(
+                f"{self.name}: {rid} vanished right after its upsert", connector=self.name
+            )
+        return created
+
+    def update(
+        self, ref: str, changes: Mapping[str, Any], *, expected_version: str | None
+    ) -> RemoteRecord:
+        """PATCH the changed fields. With ``expected_version``, ``If-Unmodified-Since`` makes
+        Salesforce refuse (412) a record modified since then, to the second."""
+        body = self._body(changes, ref=ref)
+        headers = {}
+        if expected_version:
+            at = _position(expected_version)
+            assert at is not None
+            headers["If-Unmodified-Since"] = format_datetime(at, usegmt=True)
+        try:
+            path = f"sobjects/{SOBJECT}/{quote(ref, safe='')}"
+            self._call(
+                lambda sf: sf.restful(path, method="PATCH", json=body, headers=headers), ref=ref
+            )
+        except StaleVersion:
+            now = self.get(ref)
+            raise StaleVersion(
+                ref, expected_version, now.version if now else None, connector=self.name
+            ) from None
+        except FatalError as exc:
+            if exc.status == 404:
+                raise StaleVersion(ref, expected_version, None, connector=self.name) from None
+            raise
+        updated = self.get(ref)
+        if updated is None:
+            raise StaleVersion(ref, expected_version, None, connector=self.name)
+        return updated
+
+    def update_many(
+        self, changes: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, RemoteRecord | ConnectorError]:
+        """Update many records, 200 per sObject Collections request (``allOrNone: false``).
+
+        Returns, per ref, the record as written or the error for that record alone
+        (SkippableRecord for a refused value, StaleVersion for a deleted record). Errors that
+        stop every record (auth, rate limit, 5xx) are raised. The collections API returns no
+        new ``SystemModstamp`` and checks no version: the records have ``version=""`` and only
+        the fields sent; the next pull brings their versions (and reads as an echo).
+        """
+        out: dict[str, RemoteRecord | ConnectorError] = {}
+        items: list[tuple[str, dict[str, Any]]] = []
+        for ref, fields in changes.items():
+            try:
+                items.append(
+                    (
+                        ref,
+                        {"attributes": {"type": SOBJECT}, "id": ref, **self._body(fields, ref=ref)},
+                    )
+                )
+            except SkippableRecord as exc:
+                out[ref] = exc
+        self._collection("composite/sobjects", items, changes, out, upsert=False)
+        return out
+
+    def create_many(
+        self, items: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, RemoteRecord | ConnectorError]:
+        """Create (or re-find) many records by upsert on the external id, 200 per request.
+
+        ``items`` maps stamp -> fields; the result is keyed by stamp, as :meth:`update_many`.
+        """
+        out: dict[str, RemoteRecord | ConnectorError] = {}
+        ext = self.config.external_id_field
+        bodies: list[tuple[str, dict[str, Any]]] = []
+        for stamp, fields in items.items():
+            try:
+                bodies.append(
+                    (
+                        stamp,
+                        {
+                            "attributes": {"type": SOBJECT},
+                            ext: stamp,
+                            **self._body(fields, ref=stamp),
+                        },
+                    )
+                )
+            except SkippableRecord as exc:
+                out[stamp] = exc
+        self._collection(f"composite/sobjects/{SOBJECT}/{ext}", bodies, items, out, upsert=True)
+        return out
+
+    def _collection(
+        self,
+        path: str,
+        items: list[tuple[str, dict[str, Any]]],
+        sent: Mapping[str, Mapping[str, Any]],
+        out: dict[str, RemoteRecord | ConnectorError],
+        *,
+        upsert: bool,
+    ) -> None:
+        for i in range(0, len(items), COLLECTION_SIZE):
+            chunk = items[i : i + COLLECTION_SIZE]
+            payload = {"allOrNone": False, "records": [body for _, body in chunk]}
+            results = self._call(lambda sf, p=payload: sf.restful(path, method="PATCH", json=p))  # type: ignore[misc]
+            for (key, _), result in zip(chunk, results or (), strict=True):
+                if result.get("success"):
+                    rid = result["id"]
+                    out[key] = RemoteRecord(
+                        ref=rid,
+                        version="",
+                        fields=dict(sent[key]),
+                        url=self._url(rid),
+                        stamp=key if upsert else None,
+                    )
+                    continue
+                errors = result.get("errors") or [{}]
+                code, message = errors[0].get("statusCode", "UNKNOWN"), errors[0].get("message", "")
+                if code in ("ENTITY_IS_DELETED", "NOT_FOUND") and not upsert:
+                    out[key] = StaleVersion(key, None, None, connector=self.name)
+                else:
+                    out[key] = SkippableRecord(
+                        key, f"Salesforce refused it: {code}: {message}", connector=self.name
+                    )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _select_list(self) -> str:
+        columns = self._columns
+        if columns is None:
+            columns = tuple(f.id for f in self.discover().fields)
+            self._columns = columns
+        out: dict[str, None] = dict.fromkeys((*_ALWAYS, self.config.external_id_field))
+        for col in columns:
+            if col == OWNER:
+                out.update(
+                    dict.fromkeys(("OwnerId", "Owner.Name", "Owner.Email", "Owner.Username"))
+                )
+            elif col == ROLES:
+                out[_ROLE_QUERY.format(rel=ROLES)] = None
+            elif col in (DONE_TASKS, OPEN_TASKS):
+                out[_TASK_QUERY] = None
+            else:
+                out[col] = None
+        return ", ".join(out)
+
+    def _query_records(self, condition: str, *, ref: str | None = None) -> list[RemoteRecord]:
+        soql = f"SELECT {self._select_list()} FROM {SOBJECT} WHERE {condition} LIMIT 2"  # noqa: S608
+        rows = self._call(lambda sf: sf.query(soql)["records"], ref=ref)
+        return [self._record(r) for r in rows]
+
+    def _record(self, raw: Mapping[str, Any]) -> RemoteRecord:
+        rid = raw.get("Id")
+        if not isinstance(rid, str):
+            raise SkippableRecord(
+                "?", "the record has no Id", connector=self.name, payload=dict(raw)
+            )
+        try:
+            version = _iso(parse_datetime(raw["SystemModstamp"]))
+            modified = parse_datetime(raw["LastModifiedDate"])
+        except (KeyError, TypeError, ValueError):
+            raise SkippableRecord(
+                rid,
+                "no readable SystemModstamp/LastModifiedDate",
+                connector=self.name,
+                payload=dict(raw),
+            ) from None
+        fields: dict[str, Any] = {}
+        for col in self._columns or ():
+            fields[col] = self._value(raw, col)
+        stamp = raw.get(self.config.external_id_field)
+        return RemoteRecord(
+            ref=rid,
+            version=version,
+            fields=fields,
+            updated_at=modified,
+            updated_by=(raw.get("LastModifiedBy") or {}).get("Email"),
+            url=self._url(rid),
+            stamp=stamp if isinstance(stamp, str) else None,
+            deleted=bool(raw.get("IsDeleted")),
+        )
+
+    def _value(self, raw: Mapping[str, Any], col: str) -> Any:
+        if col == OWNER:
+            owner = raw.get("Owner") or {}
+            if not raw.get("OwnerId"):
+                return None
+            return {
+                "id": raw["OwnerId"],
+                "name": owner.get("Name"),
+                "email": owner.get("Email"),
+                "username": owner.get("Username"),
+            }
+        if col == ROLES:
+            rows = (raw.get(ROLES) or {}).get("records", [])
+            return [
+                {
+                    "name": (r.get("Contact") or {}).get("Name") or "(unknown contact)",
+                    "title": (r.get("Contact") or {}).get("Title"),
+                    "email": (r.get("Contact") or {}).get("Email"),
+                    "role": self.config.contact_roles.get(r.get("Role") or "", "other"),
+                }
+                for r in rows
+            ]
+        if col in (DONE_TASKS, OPEN_TASKS):
+            tasks = (raw.get("Tasks") or {}).get("records", [])
+            if col == DONE_TASKS:
+                return [
+                    {
+                        "what": t.get("Subject") or "",
+                        "at": _iso(
+                            parse_datetime(t.get("CompletedDateTime") or t["LastModifiedDate"])
+                        ),
+                        "by": (t.get("Owner") or {}).get("Email"),
+                    }
+                    for t in tasks
+                    if t.get("IsClosed")
+                ]
+            return [
+                {
+                    "what": t.get("Subject") or "",
+                    "owner": {
+                        "name": (t.get("Owner") or {}).get("Name"),
+                        "email": (t.get("Owner") or {}).get("Email"),
+                    },
+                    "due": t.get("ActivityDate"),
+                }
+                for t in tasks
+                if not t.get("IsClosed")
+            ]
+        value: Any = raw
+        for part in col.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, str) and _SF_TIME.match(value):
+            return _iso(parse_datetime(value))
+        return value
+
+    def _body(self, fields: Mapping[str, Any], *, ref: str) -> dict[str, Any]:
+        """Remote fields as the API's JSON body: names to ids, read-only keys refused."""
+        body: dict[str, Any] = {}
+        for key, value in fields.items():
+            if key in (ROLES, DONE_TASKS, OPEN_TASKS):
+                raise SkippableRecord(
+                    ref,
+                    f"{key} is read-only in this connector",
+                    connector=self.name,
+                    payload=dict(fields),
+                )
+            if key == self.config.external_id_field:
+                continue
+            if key == ACCOUNT:
+                body["AccountId"] = None if value is None else self._account_id(str(value))
+            elif key == OWNER:
+                if value is not None:  # an opportunity always has an owner: keep it
+                    body["OwnerId"] = self._user_id(value, ref, fields)
+            else:
+                body[key] = value
+        return body
+
+    def _account_id(self, name: str) -> str:
+        """The Account named ``name``, created if there is none (accounts are customers)."""
+        if name not in self._accounts:
+            rows = self._call(
+                lambda sf: sf.query(
+                    f"SELECT Id FROM Account WHERE Name = {_quote(name)} "  # noqa: S608
+                    "ORDER BY CreatedDate LIMIT 1"
+                )["records"]
+            )
+            if rows:
+                self._accounts[name] = rows[0]["Id"]
+            else:
+                made = self._call(
+                    lambda sf: sf.restful("sobjects/Account", method="POST", json={"Name": name})
+                )
+                self._accounts[name] = str((made or {}).get("id"))
+        return self._accounts[name]
+
+    def _user_index(self, *, refresh: bool = False) -> dict[str, RemoteUser]:
+        if self._users is None or refresh:
+            soql = "SELECT Id, Name, Email, Username FROM User WHERE IsActive = true ORDER BY Id"
+            rows = self._call(lambda sf: sf.query_all(soql)["records"])
+            index: dict[str, RemoteUser] = {}
+            for r in rows:
+                user = RemoteUser(r["Id"], r.get("Name"), r.get("Email"), r.get("Username"))
+                for key in (r["Id"], (r.get("Email") or "").lower(), r.get("Username")):
+                    if key:
+                        index.setdefault(key, user)
+            self._users = index
+        return self._users
+
+    def _user_id(self, value: Any, ref: str, fields: Mapping[str, Any]) -> str:
+        person = value if isinstance(value, Mapping) else {"email": value}
+        users = self._user_index()
+        for key in (person.get("id"), (person.get("email") or "").lower(), person.get("username")):
+            if isinstance(key, str) and key in users:
+                return users[key].id
+        raise SkippableRecord(
+            ref,
+            f"no active Salesforce user with e-mail {person.get('email')!r}: add the user "
+            "or a row to [users.table] in the mapping",
+            connector=self.name,
+            payload=dict(fields),
+        )
+
+    def _url(self, rid: str) -> str:
+        return f"{self._instance_url}/lightning/r/{SOBJECT}/{rid}/view"
+
+    def close(self) -> None:
+        self._sf = None
+        self._session.close()
+        self.http.close()
+
+
+def _quote(text: str) -> str:
+    """A SOQL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _position(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return parse_datetime(value)
+    except ValueError:
+        raise FatalError(f"cursor position {value!r} is not a Salesforce cursor") from None
+
+
+def _first_error(exc: SalesforceError) -> Mapping[str, Any]:
+    content = exc.content
+    if isinstance(content, list) and content and isinstance(content[0], Mapping):
+        return content[0]
+    return {}
+
+
+def _code(exc: SalesforceError) -> str:
+    return str(_first_error(exc).get("errorCode") or exc.status)
+
+
+def _message(exc: SalesforceError) -> str:
+    return str(_first_error(exc).get("message") or exc.content)[:300]
+
+
+__all__ = ["SalesforceConfig", "SalesforceConnector"]

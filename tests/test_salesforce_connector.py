@@ -1,0 +1,471 @@
+"""The Salesforce connector on the emulator: the contract, auth, errors, pulls, batch writes.
+
+Request counts are read twice: from the connector's own HTTP counter (every attempt, the
+login included) and from the emulator's request log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.errors import AuthError, RateLimited, SkippableRecord, StaleVersion
+from bridge.mapping import MappingSpec, load_mapping
+from connectors.base import Connector, Cursor, RemoteRecord
+from connectors.memory import SteppingClock
+from connectors.salesforce.connector import SalesforceConfig, SalesforceConnector
+from connectors.salesforce.emulator import SalesforceEmulator, SalesforceOrg, ValidationRule
+from tests.contract import ConnectorContract, new_stamp
+
+REPO = Path(__file__).resolve().parent.parent
+MAPPING = REPO / "mappings" / "salesforce.toml"
+START = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+SYNC_USER = "sync@acme.example"
+FIELDS = ("Name", "StageName", "CloseDate", "Amount", "CurrencyIsoCode", "Description")
+ENV = {"SF_TEST_PASSWORD": "s3cret-pw", "SF_TEST_TOKEN": "TOKEN123", "SF_TEST_SECRET": "csecret"}
+
+
+@pytest.fixture
+def salesforce_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The credentials the test configs refer to (``env:SF_TEST_...``)."""
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+def make_org(clock: Any = None) -> SalesforceOrg:
+    """An org with an integration user, a connected app and two sales reps."""
+    org = SalesforceOrg(clock=clock or SteppingClock(START))
+    org.add_user(
+        SYNC_USER, SYNC_USER, "Sync Bot", password=ENV["SF_TEST_PASSWORD"],
+        security_token=ENV["SF_TEST_TOKEN"],
+    )  # fmt: skip
+    org.add_user("li.wei@acme.example", "li.wei@example.com", "Li Wei")
+    org.add_user("bob@acme.example", "bob.lee@example.com", "Bob Lee")
+    org.add_client("salesbridge-app", ENV["SF_TEST_SECRET"])
+    return org
+
+
+def config(emulator: SalesforceEmulator, **settings: Any) -> SalesforceConfig:
+    return SalesforceConfig.model_validate(
+        {
+            "kind": "salesforce",
+            "login_url": emulator.base_url,
+            "username": SYNC_USER,
+            "password": "env:SF_TEST_PASSWORD",
+            "security_token": "env:SF_TEST_TOKEN",
+            "client_id": "salesbridge-app",
+            "client_secret": "env:SF_TEST_SECRET",
+            **settings,
+        }
+    )
+
+
+def connect(emulator: SalesforceEmulator, **settings: Any) -> SalesforceConnector:
+    """A connector whose retries wait for nothing (the waits are recorded in ``.waits``)."""
+    waits: list[float] = []
+    connector = SalesforceConnector("crm", config(emulator, **settings), sleep=waits.append)
+    connector.waits = waits  # type: ignore[attr-defined]
+    return connector
+
+
+@contextmanager
+def running(org: SalesforceOrg, **options: Any) -> Iterator[SalesforceEmulator]:
+    options.setdefault("min_batch_size", 1)
+    with SalesforceEmulator(org, **options) as emulator:
+        yield emulator
+
+
+def opportunity(**values: Any) -> dict[str, Any]:
+    return {"Name": "Acme rollout", "StageName": "Prospecting", "CloseDate": "2024-06-30", **values}
+
+
+def spec_for(connector: SalesforceConnector) -> MappingSpec:
+    spec = load_mapping(MAPPING, connector.discover(), connector="salesforce")
+    connector.select(spec.remote_fields_needed)
+    return spec
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+@pytest.mark.usefixtures("salesforce_env")
+class TestSalesforceConnector(ConnectorContract):
+    kind = "salesforce"
+    editable_field = "StageName"
+    editable_values = ("Prospecting", "Negotiation/Review")
+    keeps_history = True
+    unknown_ref = "006999999999999AAA"
+    clock_resolution = 0.0  # the org's clock steps a second per write
+
+    @pytest.fixture
+    def connector(self) -> Iterator[Connector[Any]]:
+        self.org = make_org()
+        with running(self.org) as emulator, connect(emulator, page_size=2) as connector:
+            connector.select(FIELDS)
+            yield connector
+
+    def sample_fields(self) -> dict[str, Any]:
+        return {
+            "Name": "Acme rollout", "StageName": "Prospecting", "CloseDate": "2024-06-30",
+            "Amount": 1200.5, "CurrencyIsoCode": "EUR", "Description": 'He said "ok" ⁰⁴⁵',
+        }  # fmt: skip
+
+    def remote_edit(self, connector: Connector[Any], ref: str, fields: Mapping[str, Any]) -> None:
+        self.org.update("Opportunity", ref, fields, actor=self.org.user_id("li.wei@acme.example"))
+
+    def server_now(self, connector: Connector[Any]) -> datetime:
+        return self.org.clock()  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def org() -> SalesforceOrg:
+    return make_org()
+
+
+@pytest.fixture
+def emulator(org: SalesforceOrg) -> Iterator[SalesforceEmulator]:
+    with running(org) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def crm(emulator: SalesforceEmulator, salesforce_env: None) -> Iterator[SalesforceConnector]:
+    with connect(emulator, page_size=2) as connector:
+        connector.select(FIELDS)
+        yield connector
+
+
+def pull_all(
+    connector: SalesforceConnector, cursor: Cursor, signpost: datetime, *, full: bool = False
+) -> tuple[list[RemoteRecord], Cursor]:
+    records: list[RemoteRecord] = []
+    for page in connector.pull(cursor, signpost=signpost, full=full):
+        records.extend(page.records)
+        cursor = page.cursor or cursor
+    return records, cursor
+
+
+# --------------------------------------------------------------------------- request counts
+
+
+def test_an_incremental_pull_without_changes_costs_one_query(
+    org: SalesforceOrg, emulator: SalesforceEmulator, salesforce_env: None
+) -> None:
+    crm = connect(emulator)  # default batch size: the overlap's re-reads fit one response
+    crm.select(FIELDS)
+    for i in range(5):
+        org.insert("Opportunity", opportunity(Name=f"Deal {i}"))
+    records, cursor = pull_all(crm, Cursor(), org.clock())
+    assert len(records) == 5
+    emulator.controls.reset()
+    crm.http.counter.snapshot(reset=True)
+
+    again, _ = pull_all(crm, cursor, org.clock() + timedelta(hours=1))
+    assert crm.http.counter.snapshot().total == 1
+    assert emulator.controls.count() == 1
+    assert emulator.controls.count("GET", "/services/data/v59.0/queryAll") == 1
+    assert {r.version for r in again} <= {r.version for r in records}  # the overlap re-reads
+
+
+def test_500_changed_projects_are_written_in_3_requests(
+    org: SalesforceOrg, emulator: SalesforceEmulator, crm: SalesforceConnector
+) -> None:
+    spec = spec_for(crm)
+    refs = [
+        org.insert("Opportunity", opportunity(Name=f"Deal {i}", Amount=100.0)) for i in range(500)
+    ]
+    changes = {
+        ref: spec.to_remote(
+            {"amount": {"amount": f"{1000 + i}.5", "currency": "EUR"}, "stage": "negotiation"},
+            ref=ref,
+        )
+        for i, ref in enumerate(refs)
+    }
+    emulator.controls.reset()
+    crm.http.counter.snapshot(reset=True)
+
+    results = crm.update_many(changes)
+
+    assert emulator.controls.count() == 3
+    assert emulator.controls.count("PATCH", "/services/data/v59.0/composite/sobjects") == 3
+    assert crm.http.counter.snapshot().total == 3
+    assert all(isinstance(r, RemoteRecord) for r in results.values()), results
+    stored = org.get("Opportunity", refs[499])
+    assert stored is not None
+    assert (stored["Amount"], stored["CurrencyIsoCode"], stored["StageName"]) == (
+        1499.5, "EUR", "Negotiation/Review",
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- writes
+
+
+def test_create_is_an_upsert_on_the_external_id(
+    org: SalesforceOrg, crm: SalesforceConnector
+) -> None:
+    stamp = new_stamp()
+    first = crm.create(opportunity(), stamp=stamp)
+    again = crm.create(opportunity(Amount=5.0), stamp=stamp)  # a retried create after a crash
+    assert again.ref == first.ref
+    assert again.fields["Amount"] == 5.0
+    stamped = [r for r in org.records["Opportunity"].values() if r["Canonical_Id__c"] == stamp]
+    assert len(stamped) == 1
+
+
+def test_create_many_upserts_in_collections(org: SalesforceOrg, crm: SalesforceConnector) -> None:
+    items = {new_stamp(): opportunity(Name=f"Deal {i}") for i in range(3)}
+    items["bad"] = opportunity(StageName="No such stage")
+    results = crm.create_many(items)
+    created = {k: v for k, v in results.items() if isinstance(v, RemoteRecord)}
+    assert len(created) == 3
+    assert all(r.stamp == k for k, r in created.items())
+    assert isinstance(results["bad"], SkippableRecord)
+    assert "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" in results["bad"].reason
+    assert {k: v.ref for k, v in crm.create_many(items).items() if isinstance(v, RemoteRecord)} == {
+        k: v.ref for k, v in created.items()
+    }, "a repeated batch creates nothing new"
+
+
+def test_owner_is_written_by_email_and_the_account_by_name(
+    org: SalesforceOrg, crm: SalesforceConnector
+) -> None:
+    spec = spec_for(crm)
+    made = crm.create(opportunity(), stamp=new_stamp())
+    remote = spec.to_remote(
+        {"owner": {"name": "Bob Lee", "email": "bob.lee@example.com"}, "customer.name": "Globex"}
+    )
+    updated = crm.update(made.ref, remote, expected_version=made.version)
+    assert updated.fields["OwnerId"]["email"] == "bob.lee@example.com"
+    assert updated.fields["Account.Name"] == "Globex"
+    accounts = [a for a in org.records["Account"].values() if a["Name"] == "Globex"]
+    assert len(accounts) == 1
+    unknown = spec.to_remote({"owner": {"name": "Nobody", "email": "nobody@example.com"}})
+    with pytest.raises(SkippableRecord, match=r"no active Salesforce user .*nobody@example\.com"):
+        crm.update(made.ref, unknown, expected_version=None)
+
+
+def test_a_validation_rule_refusing_a_stage_change_is_a_skippable_record(
+    org: SalesforceOrg, crm: SalesforceConnector
+) -> None:
+    org.add_validation_rule(
+        ValidationRule(
+            "Opportunity",
+            "Closed_Won_needs_amount",
+            "A won opportunity needs an amount.",
+            lambda old, new: new["StageName"] == "Closed Won" and not new["Amount"],
+            field="Amount",
+        )
+    )
+    made = crm.create(opportunity(), stamp=new_stamp())
+    with pytest.raises(SkippableRecord) as refused:
+        crm.update(made.ref, {"StageName": "Closed Won"}, expected_version=made.version)
+    assert "FIELD_CUSTOM_VALIDATION_EXCEPTION" in refused.value.reason
+    assert "A won opportunity needs an amount." in refused.value.reason
+    got = crm.get(made.ref)
+    assert got is not None
+    assert got.fields["StageName"] == "Prospecting"
+    results = crm.update_many({made.ref: {"StageName": "Closed Won"}})
+    assert isinstance(results[made.ref], SkippableRecord)
+    assert "FIELD_CUSTOM_VALIDATION_EXCEPTION" in str(results[made.ref])
+
+
+def test_an_update_of_a_deleted_record_is_stale(
+    org: SalesforceOrg, crm: SalesforceConnector
+) -> None:
+    made = crm.create(opportunity(), stamp=new_stamp())
+    org.delete("Opportunity", made.ref)
+    with pytest.raises(StaleVersion) as stale:
+        crm.update(made.ref, {"Name": "x"}, expected_version=made.version)
+    assert stale.value.actual is None
+    assert isinstance(crm.update_many({made.ref: {"Name": "x"}})[made.ref], StaleVersion)
+
+
+# --------------------------------------------------------------------------- pulls
+
+
+def test_pull_pages_by_next_records_url_and_reads_deletions(
+    org: SalesforceOrg, emulator: SalesforceEmulator, crm: SalesforceConnector
+) -> None:
+    refs = [org.insert("Opportunity", opportunity(Name=f"Deal {i}")) for i in range(5)]
+    pages = list(crm.pull(Cursor(), signpost=org.clock()))
+    assert [len(p.records) for p in pages] == [2, 2, 1]
+    assert emulator.controls.count("GET", "/services/data/v59.0/queryAll") == 3  # 1 + 2 more
+    cursor = pages[-1].cursor
+    assert cursor is not None
+    org.delete("Opportunity", refs[0])
+    records, _ = pull_all(crm, cursor, org.clock())
+    assert [(r.ref, r.deleted) for r in records if r.deleted] == [(refs[0], True)]
+    census, _ = pull_all(crm, Cursor(), org.clock(), full=True)
+    assert refs[0] not in {r.ref for r in census}
+
+
+def test_only_the_mapped_fields_are_selected(
+    emulator: SalesforceEmulator, crm: SalesforceConnector, org: SalesforceOrg
+) -> None:
+    spec_for(crm)
+    emulator.controls.reset()
+    pull_all(crm, Cursor(), org.clock())
+    query = dict(emulator.controls.log[0].params)["q"]
+    selected = query.rpartition(" FROM Opportunity ")[0]
+    assert "StageName" in selected and "Region__c" in selected
+    for unmapped in ("LeadSource", "TrackingNumber__c", "ExpectedRevenue", "Fiscal"):
+        assert unmapped not in selected
+
+
+def test_cursor_times_are_aware_and_capped_at_the_signpost(
+    org: SalesforceOrg, crm: SalesforceConnector
+) -> None:
+    org.insert("Opportunity", opportunity())
+    signpost = org.clock() - timedelta(hours=1)
+    _, cursor = pull_all(crm, Cursor(), signpost)
+    assert datetime.fromisoformat(cursor.positions[""]) == signpost
+    with pytest.raises(ValueError, match="timezone-aware"):
+        list(crm.pull(cursor, signpost=datetime(2024, 1, 1)))
+
+
+def test_stakeholders_and_tasks_are_read_from_child_records(
+    org: SalesforceOrg, crm: SalesforceConnector
+) -> None:
+    spec = spec_for(crm)
+    ref = org.insert("Opportunity", opportunity())
+    contact = org.insert("Contact", {"FirstName": "Mei", "LastName": "Chen", "Title": "CFO",
+                                     "Email": "mei@globex.example"})  # fmt: skip
+    org.insert("OpportunityContactRole", {"OpportunityId": ref, "ContactId": contact,
+                                          "Role": "Economic Buyer", "IsPrimary": True})  # fmt: skip
+    owner = org.user_id("li.wei@acme.example")
+    org.insert("Task", {"WhatId": ref, "Subject": "Discovery call", "Status": "Completed",
+                        "OwnerId": owner})  # fmt: skip
+    org.insert("Task", {"WhatId": ref, "Subject": "Send proposal", "ActivityDate": "2024-04-02",
+                        "OwnerId": owner})  # fmt: skip
+    record = crm.get(ref)
+    assert record is not None
+    values = spec.to_canonical(record)
+    assert values["stakeholders"] == [
+        {"name": "Mei Chen", "title": "CFO", "email": "mei@globex.example",
+         "role": "economic_buyer", "attitude": "unknown"}
+    ]  # fmt: skip
+    assert [a["what"] for a in values["actions"]] == ["Discovery call"]
+    assert values["actions"][0]["by"] == "li.wei@example.com"
+    assert values["next_steps"] == [
+        {"what": "Send proposal", "owner": {"name": "Li Wei", "email": "li.wei@example.com"},
+         "due": "2024-04-02"}
+    ]  # fmt: skip
+
+
+def test_history_has_stage_changes_with_their_real_times(
+    org: SalesforceOrg, crm: SalesforceConnector
+) -> None:
+    ref = org.insert("Opportunity", opportunity())
+    li = org.user_id("li.wei@acme.example")
+    org.update("Opportunity", ref, {"StageName": "Qualification"}, actor=li)
+    org.update("Opportunity", ref, {"CloseDate": "2024-09-30"}, actor=li)
+    stored = org.get("Opportunity", ref)
+    assert stored is not None
+    entries = crm.history(ref)
+    stages = [(e.old, e.new, e.actor) for e in entries if e.field == "StageName"]
+    assert stages == [(None, "Prospecting", "admin@acme.example"),
+                      ("Prospecting", "Qualification", "li.wei@example.com")]  # fmt: skip
+    pushes = [(e.old, e.new) for e in entries if e.field == "CloseDate"]
+    assert pushes[-1] == ("2024-06-30", "2024-09-30")
+    assert all(e.at.tzinfo is not None for e in entries)
+    assert entries[-1].at == datetime.fromisoformat(
+        stored["LastModifiedDate"].replace("+0000", "+00:00")
+    )
+
+
+# --------------------------------------------------------------------------- auth and faults
+
+
+def test_an_expired_session_logs_in_again_once(
+    org: SalesforceOrg, emulator: SalesforceEmulator, crm: SalesforceConnector
+) -> None:
+    made = crm.create(opportunity(), stamp=new_stamp())
+    org.expire_sessions()
+    assert crm.get(made.ref) is not None
+    assert emulator.controls.count("POST", "/services/oauth2/token") == 2
+    assert emulator.controls.count(status=401) == 1
+
+
+def test_an_expired_access_token_is_an_auth_error(
+    org: SalesforceOrg, emulator: SalesforceEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SF_TEST_ACCESS", org.issue_token(SYNC_USER))
+    settings = {"access_token": "env:SF_TEST_ACCESS", "instance_url": emulator.base_url}
+    cfg = SalesforceConfig.model_validate({"kind": "salesforce", **settings})
+    with SalesforceConnector("crm", cfg) as crm:
+        assert "as an access token" in crm.check()
+        org.expire_sessions()
+        with pytest.raises(AuthError, match="renew access_token"):
+            crm.check()
+
+
+def test_wrong_credentials_are_an_auth_error(
+    emulator: SalesforceEmulator, salesforce_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SF_TEST_PASSWORD", "wrong")
+    with connect(emulator) as crm, pytest.raises(AuthError, match="authentication failure"):
+        crm.check()
+    assert ENV["SF_TEST_SECRET"] not in repr(crm.http.counter.snapshot())
+
+
+def test_429_and_503_are_retried_and_counted(
+    org: SalesforceOrg, emulator: SalesforceEmulator, crm: SalesforceConnector
+) -> None:
+    org.insert("Opportunity", opportunity())
+    crm.check()
+    emulator.controls.fail(429, path="/services/data/v59.0/queryAll", retry_after=3)
+    emulator.controls.fail(503, path="/services/data/v59.0/queryAll")
+    records, _ = pull_all(crm, Cursor(), org.clock())
+    assert len(records) == 1
+    stats = crm.http.counter.snapshot()
+    assert (stats.rate_limited, stats.by_class.get("5xx")) == (1, 1)
+    assert crm.waits[0] == 3  # type: ignore[attr-defined]
+
+
+def test_request_limit_exceeded_is_rate_limited(
+    emulator: SalesforceEmulator, crm: SalesforceConnector
+) -> None:
+    crm.check()
+    emulator.controls.fail(403, path="/services/data/v59.0/query", message=(
+        "REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded."))  # fmt: skip
+    with pytest.raises(RateLimited, match="REQUEST_LIMIT_EXCEEDED"):
+        crm.get("006000000000001AAA")
+
+
+def test_a_post_is_not_retried_on_5xx(
+    emulator: SalesforceEmulator, crm: SalesforceConnector
+) -> None:
+    crm.check()
+    emulator.controls.fail(503, path="/services/data/v59.0/sobjects/Account", method="POST")
+    with pytest.raises(Exception, match="503"):
+        crm.update_many({"006000000000001AAA": {"Account.Name": "Initech"}})
+    assert emulator.controls.count("POST", "/services/data/v59.0/sobjects/Account") == 1
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"login_url": "http://login.example.com"}, "https://"),
+        ({"username": None}, "access_token and instance_url"),
+        ({"access_token": "env:X", "instance_url": None}, "instance_url"),
+        ({"password": "hunter2"}, "literal secret"),
+    ],
+)
+def test_bad_configs_say_what_to_fix(settings: dict[str, Any], message: str) -> None:
+    base = {
+        "kind": "salesforce", "login_url": "https://acme.my.salesforce.com",
+        "username": "u", "password": "env:P", "client_id": "c", "client_secret": "env:S",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        SalesforceConfig.model_validate({**base, **settings})
