@@ -595,7 +595,7 @@ class SalesforceOrg:
 
     def _order_key(self, obj: ObjectDef, rec: Record, *, order: soql.Order) -> Any:
         nulls, value = soql.sort_key(self._value(obj, rec, order.path))
-        if order.nulls_last != order.descending:
+        if not order.nulls_last:  # sort_key puts nulls last
             nulls = 1 - nulls
         if order.descending:
             return (nulls, _Reverse(value))
