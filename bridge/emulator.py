@@ -67,7 +67,7 @@ class Exchange:
     path: str
     query: str
     status: int
-    credential: str
+    credential: str = field(repr=False)  # a secret: never in a repr or an assertion message
     request_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     response_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     body: bytes = field(default=b"", repr=False)

@@ -36,6 +36,9 @@ class Echo(Emulator):
         async def ping(request: Request) -> Response:
             return JSONResponse({"pong": True, "q": dict(request.query_params)})
 
+        async def empty(request: Request) -> Response:
+            return Response(status_code=204)
+
         async def whoami(request: Request) -> Response:
             who = self.auth.authenticate(request)
             if who is None:
@@ -44,7 +47,11 @@ class Echo(Emulator):
             return JSONResponse({"user": who})
 
         return Starlette(
-            routes=[Route("/ping", ping, methods=["GET", "POST"]), Route("/whoami", whoami)]
+            routes=[
+                Route("/ping", ping, methods=["GET", "POST"]),
+                Route("/whoami", whoami),
+                Route("/empty", empty, methods=["PUT"]),
+            ]
         )
 
 
@@ -203,3 +210,24 @@ def test_authenticator(
 ) -> None:
     r = get(echo, "/whoami", headers=headers, params=params)
     assert (r.status_code, r.json().get("user")) == expected
+
+
+def test_a_bodiless_204_is_logged_before_the_client_sees_it(echo: Echo) -> None:
+    """A 204 is complete once its headers arrive; the log must not trail behind it."""
+    seen: list[Exchange] = []
+
+    def slow_hook(exchange: Exchange) -> None:
+        time.sleep(0.05)
+        seen.append(exchange)
+
+    echo.controls.on_response(slow_hook)
+    session: requests.Session = echo.session  # type: ignore[attr-defined]
+    for _ in range(3):
+        assert session.put(echo.base_url + "/empty", json={"a": 1}, timeout=5).status_code == 204
+        assert echo.controls.count("PUT", "/empty") == len(seen)
+    assert echo.controls.count("PUT", "/empty", status=204) == 3
+
+
+def test_the_credential_stays_out_of_reprs(echo: Echo) -> None:
+    get(echo, "/whoami", headers={"Authorization": "Bearer good"})
+    assert "good" not in repr(echo.controls.log)

@@ -115,6 +115,20 @@ def parse_jira_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def _parsed(value: Any) -> datetime | None:
+    """A stored timestamp, or None if it is not one (a deliberately malformed record)."""
+    try:
+        return parse_jira_time(str(value))
+    except ValueError:
+        return None
+
+
+def _retime(value: str, tz: str) -> str:
+    """A stored timestamp shown in zone ``tz``; anything unparsable is shown as stored."""
+    at = _parsed(value)
+    return value if at is None else format_jira_time(at, tz)
+
+
 def _system_now() -> datetime:
     return datetime.now(UTC)
 
@@ -1261,10 +1275,17 @@ class JiraEmulator(Emulator):
         value = issue.fields.get(fid)
         kind = self._kind(fid)
         if kind == "textarea" or fid == "environment":
-            return text_to_adf(adf_to_text(value)) if self._adf(api) else adf_to_text(value)
+            return self._rich(value, api)
         if isinstance(value, str) and (kind == "datetime" or fid in _DATETIME_FIELDS):
-            return format_jira_time(parse_jira_time(value), user.time_zone)
+            return _retime(value, user.time_zone)
         return copy.deepcopy(value)
+
+    def _rich(self, value: Any, api: str) -> Any:
+        """Rich text as an API version shows it: v3 gives ADF (a stored document as stored),
+        v2 and Data Center give text."""
+        if not self._adf(api):
+            return adf_to_text(value)
+        return copy.deepcopy(value) if _is_adf(value) else text_to_adf(value)
 
     def _adf(self, api: str) -> bool:
         return self.mode == "cloud" and api == "3"
@@ -1272,17 +1293,17 @@ class JiraEmulator(Emulator):
     def _render_comment(self, comment: Json, api: str, user: JiraUser) -> Json:
         out = copy.deepcopy(comment)
         body = comment.get("body")
-        out["body"] = text_to_adf(adf_to_text(body)) if self._adf(api) else adf_to_text(body)
+        out["body"] = self._rich(body, api)
         for key in ("created", "updated"):
             if isinstance(out.get(key), str):
-                out[key] = format_jira_time(parse_jira_time(out[key]), user.time_zone)
+                out[key] = _retime(out[key], user.time_zone)
         if self.mode == "dc":
             out.pop("jsdPublic", None)
         return out
 
     def _render_history(self, history: Json, user: JiraUser) -> Json:
         out = copy.deepcopy(history)
-        out["created"] = format_jira_time(parse_jira_time(history["created"]), user.time_zone)
+        out["created"] = _retime(history["created"], user.time_zone)
         return out
 
     def _render_transitions(
@@ -2394,6 +2415,8 @@ class _Context:
         if target is _EMPTY:
             return False
         a, b = self._comparable(actual, kind), self._comparable(target, kind)
+        if a is None or b is None:
+            return False
         return bool({">": a > b, ">=": a >= b, "<": a < b, "<=": a <= b}[op])
 
     def _check_operator(self, clause: _Clause, fid: str, kind: str) -> None:
@@ -2538,6 +2561,8 @@ class _Context:
     def _equal(self, actual: Any, wanted: Any, kind: str) -> bool:
         if kind == "datetime":  # JQL has minute precision: "=" means "in that minute"
             a, w = self._comparable(actual, kind), self._comparable(wanted, kind)
+            if a is None or w is None:
+                return False
             return bool(a.replace(second=0, microsecond=0) == w.replace(second=0, microsecond=0))
         if kind in ("date", "duedate"):
             return bool(self._comparable(actual, kind) == self._comparable(wanted, kind))
@@ -2563,12 +2588,16 @@ class _Context:
         return str(actual).casefold() == w
 
     def _comparable(self, value: Any, kind: str) -> Any:
+        """A value in comparable form; None if a stored value is malformed."""
         if kind in ("date", "duedate"):
             if isinstance(value, datetime):
                 return value.astimezone(self.zone).date()
-            return date.fromisoformat(str(value)[:10])
+            try:
+                return date.fromisoformat(str(value)[:10])
+            except ValueError:
+                return None
         if kind == "datetime":
-            return value if isinstance(value, datetime) else parse_jira_time(str(value))
+            return value if isinstance(value, datetime) else _parsed(value)
         if kind == "number":
             return float(value)
         if kind == "key":
@@ -2593,9 +2622,11 @@ class _Context:
             if kind == "status":  # Jira orders statuses by their position in the status list
                 return (0, positions.get(str(value.get("id")), len(positions)))
             if kind in ("datetime",):
-                return (0, parse_jira_time(str(value)).timestamp())
+                at = _parsed(value)
+                return (0, at.timestamp()) if at is not None else (1, "")
             if kind in ("date", "duedate", "number"):
-                return (0, self._comparable(value, kind))
+                comparable = self._comparable(value, kind)
+                return (0, comparable) if comparable is not None else (1, "")
             if kind == "priority":
                 return (0, -int(value.get("id", 0)))
             if isinstance(value, dict):
