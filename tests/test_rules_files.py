@@ -168,3 +168,14 @@ def test_fixture_mismatch_and_bad_fixture_are_reported(tmp_path: Path) -> None:
     assert "did you mean `owner`?" in got["[[cases]] (case 1) expect.fail"]
     assert "set now = " in got["[[cases]] (case 1) now"]
     assert "[[cases]] (case 1) project.stage" in got
+
+
+def test_the_ops_guide_lists_every_fact_and_default_rule() -> None:
+    from bridge.rules import FACTS
+
+    guide = (REPO / "docs" / "rules.md").read_text(encoding="utf-8")
+    for name in FACTS:
+        assert f"| `{name}` |" in guide, name
+    for rule in load_rules().rules:
+        assert f"| `{rule.id}` |" in guide, rule.id
+        assert rule.title["zh-CN"] in guide, rule.id

@@ -368,7 +368,7 @@ def fill(template: str, facts: Mapping[str, Any], extra: Mapping[str, Any]) -> s
     return _PLACEHOLDER.sub(one, template)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Evaluation:
     """Everything the pack says about one project at ``now``."""
 

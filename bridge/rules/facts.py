@@ -642,7 +642,9 @@ def derive(
                             skipped.append(k)
         if seen:
             for name, change in seen:
-                if not change.matches(e):
+                if change.meaningful_only and not e.meaningful:
+                    continue
+                if change.change != "any" and not change.matches(e):
                     continue
                 if name.startswith("trigger:"):
                     latest_trigger[name[8:]] = e
