@@ -6,6 +6,7 @@ See :mod:`bridge.store.store` for the API and :mod:`bridge.store.schema` for the
 from bridge.store.store import (
     Alert,
     Conflict,
+    DigestRecord,
     Event,
     LinkConflict,
     NewLink,
@@ -28,6 +29,7 @@ from bridge.store.store import (
 __all__ = [
     "Alert",
     "Conflict",
+    "DigestRecord",
     "Event",
     "LinkConflict",
     "NewLink",

@@ -315,3 +315,18 @@ meta = sa.Table(
     sa.Column("value", JSONType, nullable=True),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
+
+digests = sa.Table(
+    "digests",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("recipient", sa.String(), nullable=False, comment="[recipients.<key>]"),
+    sa.Column("lang", sa.String(), nullable=False),
+    sa.Column("sent_at", UtcDateTime(), nullable=False),
+    sa.Column("since", UtcDateTime(), nullable=True, comment="what changed is counted from here"),
+    sa.Column("status", sa.String(), nullable=False, comment="sent/partial/failed"),
+    sa.Column("subject", sa.Text(), nullable=False),
+    sa.Column("deliveries", JSONType, nullable=False, comment="[{channel, ok, error}]"),
+    sa.Column("content", JSONType, nullable=False, comment="the digest content model"),
+    sa.Index(None, "recipient", "sent_at"),
+)

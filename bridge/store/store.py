@@ -55,6 +55,7 @@ from connectors.base import Cursor
 __all__ = [
     "Alert",
     "Conflict",
+    "DigestRecord",
     "Event",
     "LinkConflict",
     "NewLink",
@@ -230,6 +231,23 @@ class Run:
     status: str
     counts: dict[str, int]
     error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DigestRecord:
+    """One digest sent (or attempted): to whom, when, through which channels, and its content
+    (the digest content model's JSON, from which the digest can be rendered again)."""
+
+    id: int
+    recipient: str
+    lang: str
+    sent_at: datetime
+    since: datetime | None
+    status: str
+    """``sent`` (every channel), ``partial`` (some) or ``failed`` (none)."""
+    subject: str
+    deliveries: list[dict[str, Any]]
+    content: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -549,6 +567,10 @@ def _run(row: Row[Any]) -> Run:
 
 def _alert(row: Row[Any]) -> Alert:
     return Alert(**{c: getattr(row, c) for c in Alert.__dataclass_fields__})
+
+
+def _digest(row: Row[Any]) -> DigestRecord:
+    return DigestRecord(**{c: getattr(row, c) for c in DigestRecord.__dataclass_fields__})
 
 
 _UNSET: Any = object()
@@ -1744,3 +1766,67 @@ class Store:
         )
         with self._use(write=True) as conn:
             conn.execute(stmt)
+
+    # ------------------------------------------------------------------ digests
+
+    def archive_digest(
+        self,
+        recipient: str,
+        *,
+        lang: str,
+        subject: str,
+        status: str,
+        deliveries: Sequence[Mapping[str, Any]],
+        content: Mapping[str, Any],
+        since: datetime | None = None,
+        at: datetime | None = None,
+    ) -> int:
+        """Record a digest that was sent (or whose delivery failed); returns its id. Delivery
+        errors pass through :func:`bridge.secrets.redact` (a webhook URL may hold a token)."""
+        rows = [
+            {**d, "error": None if d.get("error") is None else redact(str(d["error"]))}
+            for d in deliveries
+        ]
+        stmt = sa.insert(t.digests).values(
+            recipient=recipient,
+            lang=lang,
+            sent_at=self._now(at),
+            since=_aware(since, "since"),
+            status=status,
+            subject=subject,
+            deliveries=rows,
+            content=_json_safe(dict(content)),
+        )
+        with self._use(write=True) as conn:
+            pk = conn.execute(stmt).inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
+
+    def get_digest(self, digest_id: int) -> DigestRecord:
+        d = t.digests
+        with self._use() as conn:
+            row = conn.execute(sa.select(d).where(d.c.id == digest_id)).first()
+        if row is None:
+            raise NotFound(f"no digest #{digest_id}")
+        return _digest(row)
+
+    def last_digest(self, recipient: str, *, delivered: bool = True) -> DigestRecord | None:
+        """The recipient's latest digest (with ``delivered``: the latest that reached at least
+        one channel), or None."""
+        d = t.digests
+        q = sa.select(d).where(d.c.recipient == recipient)
+        if delivered:
+            q = q.where(d.c.status != "failed")
+        q = q.order_by(d.c.sent_at.desc(), d.c.id.desc()).limit(1)
+        with self._use() as conn:
+            row = conn.execute(q).first()
+        return None if row is None else _digest(row)
+
+    def list_digests(self, recipient: str | None = None, *, limit: int = 50) -> list[DigestRecord]:
+        """Archived digests, newest first."""
+        d = t.digests
+        q = sa.select(d).order_by(d.c.sent_at.desc(), d.c.id.desc()).limit(limit)
+        if recipient is not None:
+            q = q.where(d.c.recipient == recipient)
+        with self._use() as conn:
+            return [_digest(r) for r in conn.execute(q)]
