@@ -189,10 +189,10 @@ def documented_shape_problems(exchange: Exchange) -> list[str]:
 
 @pytest.fixture
 def recorded(
-    salesforce_env: None,
+    salesforce_env: None, shared_dir: Path
 ) -> Iterator[tuple[SalesforceOrg, SalesforceEmulator, list[Exchange]]]:
     org = make_org()
-    load_samples(org, Path(__file__).resolve().parent.parent.parent / "shared")
+    load_samples(org, shared_dir)
     exchanges: list[Exchange] = []
     with SalesforceEmulator(org, batch_size=20, min_batch_size=1) as emu:
         emu.controls.on_response(exchanges.append)
