@@ -51,10 +51,10 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from bridge.emulator import Exchange
 from connectors.jira.emulator import JiraEmulator, JiraUser, parse_jira_time
-from connectors.jira.seed import SALES_STAGES, add_sales_project
+from connectors.jira.seed import DEVLAKE_DIR, SALES_STAGES, add_sales_project, seeded
 
 SPEC = "specs/jira/jira-platform-swagger-v3.v3.json"
-DEVLAKE = "samples/jira/devlake-raw-tables"
+DEVLAKE = str(DEVLAKE_DIR)
 SERVER_SAMPLES = "samples/jira/jira-server-responses-jira-ruby"
 TOKEN = "emulator-token"
 ALICE = JiraUser(
@@ -475,8 +475,10 @@ def test_jira_package_reads_and_writes_data_center(dc: Site) -> None:
 # --------------------------------------------------------------------------- JQL
 
 
-@pytest.fixture
-def jql_site(openapi: OpenAPI, clock: FixedClock) -> Iterator[Site]:
+@pytest.fixture(scope="module")
+def jql_site(openapi: OpenAPI) -> Iterator[Site]:
+    """Four deals, read by many queries (module-wide: the queries never write)."""
+    clock = FixedClock(START)
     em = sales_emulator("cloud", clock)
     rows = [
         ("Alpha", 100, "2026-02-01", ["east"], "Enterprise", ALICE, "Lead"),
@@ -1111,3 +1113,134 @@ def test_dc_shapes_match_captured_server_responses(dc: Site, shared_dir: Path) -
     for k in ("components", "versions", "assigneeType", "roles", "description"):
         project.pop(k, None)  # project admin settings the emulator does not model
     _assert_shape(project, dc.get("/rest/api/2/project/SALES"))
+
+
+# --------------------------------------------------------------------------- directory
+
+
+def test_directory_endpoints(site: Site) -> None:
+    a = api(site)
+    statuses = site.get(a + "/status")
+    assert [s["name"] for s in statuses][:6] == list(SALES_STAGES)
+    assert statuses[0]["statusCategory"]["key"] == "new"
+    assert statuses[-1]["statusCategory"]["key"] == "done"
+    assert [t["name"] for t in site.get(a + "/issuetype")] == ["Sales Project"]
+    assert [p["name"] for p in site.get(a + "/priority")][:2] == ["Highest", "High"]
+    (project,) = site.get(a + "/project")
+    assert project["key"] == "SALES" and project["issueTypes"][0]["name"] == "Sales Project"
+    assert site.get(a + "/project/SALES")["lead"]["displayName"] == "Alice Chen"
+    assert site.call("GET", a + "/project/NOPE").status_code == 404
+    types = site.get(a + "/issue/createmeta/SALES/issuetypes")
+    listed = types["issueTypes" if site.em.mode == "cloud" else "values"]
+    assert [t["name"] for t in listed] == ["Sales Project"]
+    fields = site.get(f"{a}/issue/createmeta/SALES/issuetypes/{listed[0]['id']}")
+    metas = fields["fields" if site.em.mode == "cloud" else "values"]
+    by_name = {m["name"]: m for m in metas}
+    assert by_name["Summary"]["required"] is True and by_name["Amount"]["required"] is False
+    assert [o["value"] for o in by_name["Segment"]["allowedValues"]] == ["Enterprise", "SMB"]
+    legacy = site.call("GET", a + "/issue/createmeta", params={"projectKeys": "SALES"})
+    assert legacy.status_code == (200 if site.em.mode == "cloud" else 404)  # gone in DC 9
+
+
+def test_users_are_found_by_account_or_name(site: Site) -> None:
+    a = api(site)
+    if site.em.mode == "cloud":
+        found = site.get(a + "/user/search", params={"query": "bob"})
+        assert [u["accountId"] for u in found] == [BOB.account_id]
+        one = site.get(a + "/user", params={"accountId": ALICE.account_id})
+        assert one["displayName"] == "Alice Chen" and one["timeZone"] == "Asia/Shanghai"
+        assert site.call("GET", a + "/user", params={"accountId": "nobody"}).status_code == 404
+        assert site.call("GET", a + "/user/search").status_code == 400
+    else:
+        found = site.get(a + "/user/search", params={"username": "bob"})
+        assert [u["name"] for u in found] == ["bob"]
+        assert site.get(a + "/user", params={"username": "alice"})["emailAddress"] == (
+            "alice@example.com"
+        )
+
+
+def test_jira_package_reads_the_directory(cloud: Site) -> None:
+    client = cloud.client()
+    try:
+        assert [u.displayName for u in client.search_users(query="alice")] == ["Alice Chen"]
+        assert client.user(BOB.account_id).displayName == "Bob Stone"
+        assert {s.name for s in client.statuses()} >= set(SALES_STAGES)
+        assert [p.key for p in client.projects()] == ["SALES"]
+        assert [t.name for t in client.issue_types()] == ["Sales Project"]
+        assert client.priorities()[0].name == "Highest"
+        cloud.em.add_issue("SALES", {"summary": "Counted"})
+        assert client.approximate_issue_count("project = SALES") == 1
+    finally:
+        client.close()
+
+
+def test_expand_names_and_schema(cloud: Site) -> None:
+    key = cloud.em.add_issue("SALES", {"summary": "Named", "Amount": 5})
+    amount = cloud.em.field_id("Amount")
+    issue = cloud.get(
+        f"/rest/api/3/issue/{key}", params={"fields": f"summary,{amount}", "expand": "names,schema"}
+    )
+    assert issue["names"] == {"summary": "Summary", amount: "Amount"}
+    assert issue["schema"][amount]["type"] == "number"
+    page = cloud.get(
+        "/rest/api/3/search/jql", params={"jql": f"key = {key}", "fields": "summary,-summary"}
+    )
+    assert page["issues"][0]["fields"] == {}
+    issue = cloud.get(f"/rest/api/3/issue/{key}", params={"expand": "transitions,editmeta"})
+    assert [t["name"] for t in issue["transitions"]] == ["Qualify"]
+    assert amount in issue["editmeta"]["fields"]
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def test_sales_seed_walks_each_project_through_its_stages(openapi: OpenAPI) -> None:
+    em = seeded(count=12)
+    assert em.keys()[:3] == ["SALES-1", "SALES-2", "SALES-3"]
+    with em, requests.Session() as session:
+        site = Site(em, session, [])
+        for issue in search(site, "project = SALES", expand="changelog"):
+            moves = [
+                (h["created"], i["toString"])
+                for h in reversed(issue["changelog"]["histories"])
+                for i in h["items"]
+                if i["field"] == "status"
+            ]
+            stage = issue["fields"]["status"]["name"]
+            assert [m[1] for m in moves] == list(SALES_STAGES[1 : SALES_STAGES.index(stage) + 1])
+            times = [parse_jira_time(m[0]) for m in moves]
+            assert times == sorted(times)
+    some = em.issue("SALES-1")["fields"]
+    assert some[em.field_id("Customer") or ""] and some["assignee"]["emailAddress"].endswith(
+        "@example.com"
+    )
+
+
+def test_seeded_refuses_what_it_cannot_load(tmp_path: Path, shared_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"no _raw_jira_api_issues\.csv"):
+        seeded(tmp_path)
+    with pytest.raises(ValueError, match="expected a directory"):
+        seeded(tmp_path / "x.json")
+    assert len(seeded(shared_dir / DEVLAKE, token="t").keys()) == 36
+
+
+def test_python_api_edits_like_a_person(site: Site, clock: FixedClock) -> None:
+    em = site.em
+    key = em.add_issue(
+        "SALES", {"summary": "Alpine", "Close date": "2026-05-01"}, status="Negotiation", author=BOB
+    )
+    clock.advance(minutes=3)
+    em.edit_issue(key, {"Amount": 42, "status": "Signing", "Segment": "SMB"}, author=ALICE)
+    issue = em.issue(key)
+    assert issue["fields"]["status"]["name"] == "Signing"
+    assert issue["fields"][em.field_id("Segment") or ""]["value"] == "SMB"
+    latest = issue["changelog"]["histories"][0 if em.mode == "cloud" else -1]
+    assert latest["author"]["displayName"] == "Alice Chen"
+    assert latest["items"][0]["field"] == "status"
+    assert issue["self"].startswith(site.url)
+    with pytest.raises(ValueError, match="no transition"):
+        em.edit_issue(key, {"status": "Lead"})
+    with pytest.raises(KeyError):
+        em.add_issue("SALES", {"summary": "x"}, author="nobody")
+    em.delete_issue(key)
+    assert site.call("GET", f"{api(site)}/issue/{key}").status_code == 404

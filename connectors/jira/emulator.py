@@ -1420,6 +1420,7 @@ class JiraEmulator(Emulator):
             Route(r + "/field", self._h(self._fields)),
             Route(r + "/search/jql", self._h(self._search_jql), methods=["GET", "POST"]),
             Route(r + "/search", self._h(self._search), methods=["GET", "POST"]),
+            Route(r + "/search/approximate-count", self._h(self._count), methods=["POST"]),
             Route(r + "/issue", self._h(self._create_issue, write=True), methods=["POST"]),
             Route(r + "/issue/createmeta", self._h(self._createmeta)),
             Route(r + "/issue/createmeta/{project}/issuetypes", self._h(self._createmeta_types)),
@@ -1573,6 +1574,20 @@ class JiraEmulator(Emulator):
         if "schema" in expand:
             out["schema"] = {f: d["schema"] for f, d in self.fields.items() if "schema" in d}
         return out
+
+    def _count(self, request: Request, api: str, user: JiraUser) -> Json:
+        if self.mode != "cloud":
+            raise JiraError(404, ["Not found"])
+        jql = str(self._search_params(request).get("jql") or "")
+        if parse_jql(jql).where is None:
+            raise JiraError(
+                400,
+                [
+                    "Unbounded JQL queries are not allowed here. Please add a "
+                    "search restriction to your query."
+                ],
+            )
+        return {"count": len(self.search(jql, user))}
 
     def _search(self, request: Request, api: str, user: JiraUser) -> Json:
         if self.mode == "cloud":

@@ -32,23 +32,29 @@ from connectors.jira.emulator import (
     BASE,
     JiraEmulator,
     JiraUser,
+    Mode,
     Transition,
     Workflow,
+    _field_json,
     _Issue,
     _Project,
     parse_jira_time,
 )
 
 __all__ = [
+    "DEVLAKE_DIR",
     "SALES_FIELDS",
     "SALES_STAGES",
     "SALES_WORKFLOW",
     "add_sales_project",
     "load_devlake",
     "seed_sales",
+    "seeded",
 ]
 
 DEVLAKE_ORIGIN = "https://merico.atlassian.net"
+DEVLAKE_DIR = Path("samples/jira/devlake-raw-tables")
+"""Where DevLake's tables sit inside the shared directory."""
 _CSV_LIMIT = 1 << 26
 
 Json = dict[str, Any]
@@ -122,8 +128,6 @@ def _infer_schema(fid: str, values: list[Any]) -> Json:
 
 def load_devlake(em: JiraEmulator, directory: Path) -> list[str]:
     """Load DevLake's raw Jira tables from ``directory``; return the keys of loaded issues."""
-    from connectors.jira.emulator import _field_json  # shared with add_field
-
     with em._lock:
         for row in _rows(directory / "_raw_jira_api_status.csv"):
             em.statuses[str(row["data"]["id"])] = row["data"]
@@ -353,3 +357,23 @@ def seed_sales(
     finally:
         em.clock = clock
     return keys
+
+
+def seeded(
+    seed: Path | None = None, *, mode: Mode = "cloud", count: int = 24, token: str | None = None
+) -> JiraEmulator:
+    """An emulator ready to serve (what ``salesbridge emulate jira --seed`` builds).
+
+    ``seed`` is a DevLake raw-table directory (its issues are loaded as captured), or None for
+    the SALES project with ``count`` generated sales projects.
+    """
+    em = JiraEmulator(mode) if token is None else JiraEmulator(mode, token=token)
+    if seed is None:
+        seed_sales(em, count)
+    elif seed.is_dir():
+        if not (seed / "_raw_jira_api_issues.csv").exists():
+            raise ValueError(f"{seed} holds no _raw_jira_api_issues.csv (a DevLake table dump)")
+        load_devlake(em, seed)
+    else:
+        raise ValueError(f"{seed}: expected a directory of DevLake _raw_jira_api_*.csv tables")
+    return em
