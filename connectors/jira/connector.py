@@ -1,0 +1,1321 @@
+"""The Jira connector: Jira Cloud (REST v3) and Jira Data Center (REST v2) issues as records.
+
+**Transport.** The ``jira`` package (pycontribs) builds the requests (per-deployment REST paths,
+search, issues, transitions, creates) and parses Jira's error bodies; every byte it sends goes
+through our :class:`~bridge.http.HttpClient`. Its own retries are off (``max_retries=0``) and its
+session carries a transport adapter (:class:`_ThroughHttpClient`) that hands each prepared
+request to ``HttpClient.request``, so Jira traffic gets our timeouts, token bucket, retries
+(429 with ``Retry-After`` for every method; 5xx and network errors only for idempotent ones),
+error mapping (401/403 -> AuthError, 429 -> RateLimited, 5xx -> RetriableError), redaction and,
+above all, one :class:`~bridge.http.RequestCounter` that sees every attempt. Statuses Jira answers
+with a meaning (400 with ``errorMessages``, 404) are handed back to the package, which raises
+``JIRAError``; :func:`_refused` turns that into our errors. Where the package would make requests
+we do not want (``Issue.update`` reloads the issue; its createmeta helpers refuse Cloud) the
+connector calls the same ``HttpClient`` directly.
+
+**Reading.** Records are chosen by the configured JQL. A pull asks for
+``(<jql>) AND updated >= "yyyy/MM/dd HH:mm" ORDER BY updated ASC, key ASC``: JQL dates are
+read in the *searching user's* timezone (``timeZone`` of ``/myself``) at minute precision, so the
+cursor (the ``updated`` of the last record read, never past the signpost) is moved back by
+``overlap_seconds`` and floored to the minute; re-read records are dropped by the engine by
+(ref, version). Cloud pages with ``/rest/api/3/search/jql`` and ``nextPageToken``, Data Center
+with ``/rest/api/2/search`` and ``startAt``. Fixed cost: ``/myself`` and ``/field`` once per
+connector instance (plus ``/serverInfo`` when the deployment is auto-detected); then a full pull
+of N issues costs ceil(N / page_size) searches and an incremental pull without changes one.
+
+Offset paging can skip a record when another one, read earlier in the same pull, is edited and
+moves to the end of the ordering. Such a record shows up twice in one pull; the connector then
+pulls the pull's last cursor back to that record's first sighting, so the next pull re-reads
+everything a shift could have hidden. (A record *leaving* the JQL mid-pull shifts silently; the
+periodic full census catches what that hides.)
+
+**Writing.** Jira has no optimistic lock, so ``update(expected_version=...)`` first reads the
+issue's ``updated`` (one GET per update) and raises StaleVersion if it moved. Field changes are
+sent with one ``PUT /issue``; a ``status`` change runs the workflow transitions that lead there
+(see :meth:`JiraConnector._move`). Creates are stamped with the canonical id in a custom field
+(``stamp_field``) that :meth:`~JiraConnector.find_by_stamp` searches.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal, InvalidOperation
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import requests
+from jira import JIRA, JIRAError
+from pydantic import Field, field_validator, model_validator
+from requests.adapters import BaseAdapter
+
+from bridge.errors import UserError
+from bridge.http import Auth, HttpClient, RequestCounter, RetryPolicy
+from bridge.secrets import Secret
+from connectors.base import (
+    AuthError,
+    Connector,
+    ConnectorConfig,
+    Cursor,
+    FatalError,
+    HistoryEntry,
+    Page,
+    RemoteField,
+    RemoteRecord,
+    RemoteUser,
+    Schema,
+    SkippableRecord,
+    StaleVersion,
+)
+from connectors.jira.adf import adf_to_markdown, markdown_to_adf
+
+__all__ = ["JiraConfig", "JiraConnector"]
+
+log = logging.getLogger("salesbridge.jira")
+
+Raw = dict[str, Any]
+
+# Statuses that mean something in Jira's answer: handed back to the jira package, not raised.
+_ANSWERS = tuple(s for s in range(400, 500) if s not in (401, 403, 429))
+_FORWARDED_HEADERS = frozenset({"content-type", "x-atlassian-token"})
+_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
+_READ_ONLY = frozenset(
+    {
+        "created", "updated", "creator", "resolutiondate", "lastViewed", "statuscategorychangedate",
+        "votes", "watches", "workratio", "progress", "aggregateprogress", "aggregatetimespent",
+        "aggregatetimeestimate", "aggregatetimeoriginalestimate", "timespent", "subtasks",
+        "attachment", "worklog", "issuelinks", "comment", "statusCategory", "project", "issuekey",
+    }
+)  # fmt: skip
+_RICH_TEXT = frozenset(
+    {"description", "environment", "com.atlassian.jira.plugin.system.customfieldtypes:textarea"}
+)
+_DELIVERABLE_STATUS = {"new": "missing", "indeterminate": "draft", "done": "approved"}
+_MAX_TRANSITIONS = 20
+
+
+class JiraConfig(ConnectorConfig):
+    """One Jira site. Cloud authenticates with ``email`` + API ``token`` (basic auth), Data
+    Center with ``token`` alone as a personal access token (bearer)."""
+
+    kind: Literal["jira"] = "jira"
+    url: str = Field(description="site URL, e.g. https://example.atlassian.net")
+    deployment: Literal["auto", "cloud", "datacenter"] = Field(
+        "auto", description='"auto" asks /serverInfo once; "cloud" or "datacenter" saves that'
+    )
+    email: str | None = Field(None, description="Cloud: the account's e-mail (basic auth)")
+    token: Secret = Field(description='API token (Cloud) or PAT (Data Center): "env:JIRA_TOKEN"')
+    jql: str = Field(
+        min_length=1,
+        description="which issues are sales projects, e.g. project = SALES AND issuetype = "
+        '"Sales Project" (no ORDER BY: pulls order by updated)',
+    )
+    project: str | None = Field(None, description="project key that creates go to")
+    issue_type: str = Field("Sales Project", description="issue type of created issues")
+    stamp_field: str = Field(
+        "Salesbridge ID",
+        description="text custom field (name or id) holding the canonical project id",
+    )
+    fields: list[str] | None = Field(
+        None,
+        description="fields pulls ask for (names or ids); unset: those the mapping needs "
+        "(see request_fields), else every navigable field",
+    )
+    page_size: int = Field(
+        100, ge=1, le=5000, description="issues per search page (Data Center caps at 1000)"
+    )
+    overlap_seconds: int = Field(
+        120, ge=0, description="re-read window before the cursor (JQL has minute precision)"
+    )
+    comments_as_actions: bool = Field(
+        False, description="pull comments as the `comment` field shaped as actions"
+    )
+    subtasks_as: Literal["tasks", "deliverables", "none"] = Field(
+        "none", description="pull sub-tasks as the `subtasks` field shaped as tasks/deliverables"
+    )
+    changelog: bool = Field(True, description="expand the changelog in pulls (stage history)")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be the site's http(s) URL, e.g. https://example.atlassian.net")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; use email and token")
+        return v.strip().rstrip("/")
+
+    @field_validator("jql")
+    @classmethod
+    def _jql(cls, v: str) -> str:
+        if _ORDER_BY.search(v):
+            raise ValueError("must not contain ORDER BY: pulls order by updated themselves")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _auth(self) -> JiraConfig:
+        if self.deployment == "cloud" and not self.email:
+            raise ValueError("Jira Cloud needs `email` (the account's e-mail) with the API token")
+        return self
+
+
+# --------------------------------------------------------------------------- transport
+
+
+class _ThroughHttpClient(BaseAdapter):
+    """A requests transport that sends each request of the jira package through HttpClient."""
+
+    def __init__(self, http: HttpClient) -> None:
+        super().__init__()
+        self.http = http
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED_HEADERS}
+        return self.http.request(
+            request.method or "GET",
+            request.url or "",
+            data=request.body,
+            headers=headers,
+            expect=_ANSWERS,
+        )
+
+    def close(self) -> None:
+        """The HttpClient's session belongs to the connector, which closes it."""
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True)
+class _Transition:
+    id: str
+    name: str
+    to: str
+    screen: Mapping[str, Raw]
+    category: str = ""
+    """The target status's category: ``new``, ``indeterminate`` or ``done``."""
+    """Fields on the transition's screen: id -> {required, hasDefaultValue, name...}."""
+
+
+@dataclass
+class _Meta:
+    """What a connector instance learns once: who it is, where, and Jira's fields."""
+
+    cloud: bool
+    user: Raw
+    tz: tzinfo
+    fields: dict[str, Raw]
+    by_name: dict[str, list[str]]
+    stamp_id: str
+    statuses: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    graph: dict[tuple[str, str, str], list[_Transition]] = field(default_factory=dict)
+    accounts: dict[str, Raw | None] = field(default_factory=dict)
+
+    def resolve(self, name_or_id: str) -> str | None:
+        if name_or_id in self.fields:
+            return name_or_id
+        ids = self.by_name.get(name_or_id.casefold(), [])
+        return ids[0] if len(ids) == 1 else None
+
+    def schema(self, fid: str) -> Raw:
+        schema = self.fields.get(fid, {}).get("schema")
+        return schema if isinstance(schema, dict) else {}
+
+
+# --------------------------------------------------------------------------- the connector
+
+
+class JiraConnector(Connector[JiraConfig]):
+    """Adapter to one Jira site. No I/O until the first call; metadata is cached per instance.
+
+    ``counter`` counts every HTTP attempt (benchmarks read it); ``sleep`` and ``retry`` are
+    passed to the HttpClient (tests observe waits without sleeping); ``environ`` is where the
+    token's environment variable is read (default: the process environment).
+    """
+
+    kind: ClassVar[str] = "jira"
+    config_model: ClassVar[type[ConnectorConfig]] = JiraConfig
+
+    def __init__(
+        self,
+        name: str,
+        config: JiraConfig,
+        *,
+        counter: RequestCounter | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        retry: RetryPolicy | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(name, config)
+        self.counter = counter or RequestCounter()
+        self._sleep = sleep
+        self._retry = retry
+        self._environ = environ
+        self._lock = threading.RLock()
+        self._http: HttpClient | None = None
+        self._client: JIRA | None = None
+        self._server: Raw | None = None
+        self._cached: _Meta | None = None
+        self._wanted: tuple[str, ...] | None = tuple(config.fields) if config.fields else None
+
+    # ------------------------------------------------------------------ setup
+
+    def request_fields(self, ids: Sequence[str]) -> None:
+        """Ask pulls for exactly these fields (ids or names), e.g. a mapping's
+        ``remote_fields_needed``, plus what the connector itself reads."""
+        self._wanted = tuple(ids)
+
+    @property
+    def api(self) -> str:
+        """The REST path prefix: ``rest/api/3`` on Cloud, ``rest/api/2`` on Data Center."""
+        return "rest/api/3" if self._meta().cloud else "rest/api/2"
+
+    def _http_client(self) -> HttpClient:
+        with self._lock:
+            if self._http is None:
+                try:
+                    token = self.config.token.reveal(self._environ)
+                except UserError as exc:
+                    raise AuthError(f"{self.name}: {exc}", connector=self.name) from None
+                auth = Auth.basic(self.config.email, token) if self.config.email else None
+                kwargs: dict[str, Any] = {"counter": self.counter, "sleep": self._sleep}
+                if self._retry is not None:
+                    kwargs["retry"] = self._retry
+                self._http = HttpClient.from_config(
+                    self.name,
+                    self.config.url,
+                    self.config,
+                    auth=auth or Auth.bearer(token),
+                    **kwargs,
+                )
+            return self._http
+
+    def _jira(self) -> JIRA:
+        with self._lock:
+            if self._client is None:
+                http = self._http_client()
+                cloud = self.config.deployment == "cloud"
+                if self.config.deployment == "auto":
+                    cloud = self._server_info().get("deploymentType") == "Cloud"
+                client = JIRA(
+                    server=self.config.url,
+                    options={"rest_api_version": "3" if cloud else "2", "check_update": False},
+                    get_server_info=False,
+                    max_retries=0,
+                )
+                # The package has no public way to inject a session; its own is replaced at
+                # the transport level, which keeps every request it builds on our HttpClient.
+                adapter = _ThroughHttpClient(http)
+                client._session.mount("https://", adapter)
+                client._session.mount("http://", adapter)
+                client.deploymentType = "Cloud" if cloud else "Server"
+                self._client = client
+            return self._client
+
+    def _server_info(self) -> Raw:
+        with self._lock:
+            if self._server is None:
+                info = self._http_client().get_json("rest/api/2/serverInfo")
+                if not isinstance(info, dict):
+                    raise FatalError(f"{self.name}: /serverInfo is not a JSON object")
+                self._server = info
+            return self._server
+
+    def _meta(self) -> _Meta:
+        with self._lock:
+            if self._cached is None:
+                client = self._jira()
+                try:
+                    me = client.myself()
+                    raw_fields = client.fields()
+                except JIRAError as exc:
+                    raise self._refused(exc, "reading the account and fields") from None
+                fields = {f["id"]: f for f in raw_fields if isinstance(f, dict) and "id" in f}
+                by_name: dict[str, list[str]] = {}
+                for fid, f in fields.items():
+                    by_name.setdefault(str(f.get("name", "")).casefold(), []).append(fid)
+                # Seed the package's name->id cache so its searches do not fetch /field again.
+                client._fields_cache_value = {
+                    name: fid for fid, f in fields.items() for name in f.get("clauseNames", ())
+                }
+                stamp_ids = (
+                    [self.config.stamp_field]
+                    if self.config.stamp_field in fields
+                    else by_name.get(self.config.stamp_field.casefold(), [])
+                )
+                if len(stamp_ids) != 1:
+                    found = "no field" if not stamp_ids else f"{len(stamp_ids)} fields"
+                    raise FatalError(
+                        f"{self.name}: stamp_field {self.config.stamp_field!r}: Jira has {found} "
+                        "of that name; create a text custom field for it (or write its id, "
+                        "customfield_NNNNN) so created issues can be recognised after a crash",
+                        connector=self.name,
+                    )
+                self._cached = _Meta(
+                    cloud=client.deploymentType == "Cloud",
+                    user=me if isinstance(me, dict) else {},
+                    tz=_zone(me.get("timeZone") if isinstance(me, dict) else None),
+                    fields=fields,
+                    by_name=by_name,
+                    stamp_id=stamp_ids[0],
+                )
+            return self._cached
+
+    def close(self) -> None:
+        with self._lock:
+            client, http = self._client, self._http
+            self._client = self._http = None
+            self._cached = None
+            self._server = None
+        if client is not None:
+            client.close()  # type: ignore[no-untyped-call]
+        if http is not None:
+            http.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def check(self) -> str:
+        """``Jira Cloud 1001.0.0 as jane@example.com``: serverInfo plus /myself."""
+        info = self._server_info()
+        me = self._meta().user
+        who = me.get("emailAddress") or me.get("name") or me.get("displayName") or "?"
+        kind = "Cloud" if info.get("deploymentType") == "Cloud" else "Data Center"
+        return f"Jira {kind} {info.get('version', '?')} at {self.config.url} as {who}"
+
+    def discover(self) -> Schema:
+        """Every field of the site (custom ones by display name, with the options of the
+        configured project and issue type), the workflow's statuses as stages, and the users
+        assignable in the project."""
+        meta = self._meta()
+        options = self._create_options(meta)
+        stages = self._workflow_statuses(meta, self.config.project, self.config.issue_type)
+        found: list[RemoteField] = []
+        for fid, raw in meta.fields.items():
+            kind = _field_type(raw)
+            opts = stages if fid == "status" else options.get(fid, ())
+            writable = fid not in _READ_ONLY and fid != meta.stamp_id
+            if fid == "comment" and self.config.comments_as_actions:
+                kind = "json"
+            if fid == "subtasks" and self.config.subtasks_as != "none":
+                kind = "json"
+            found.append(
+                RemoteField(
+                    fid,
+                    str(raw.get("name") or fid),
+                    kind,
+                    options=tuple(opts),
+                    custom=bool(raw.get("custom")),
+                    writable=writable or fid == "status",
+                )
+            )
+        return Schema(
+            fields=tuple(sorted(found, key=lambda f: f.id)),
+            users=self._users(meta),
+            stages=stages,
+        )
+
+    def pull(self, cursor: Cursor, *, signpost: datetime, full: bool = False) -> Iterator[Page]:
+        if signpost.tzinfo is None:
+            raise ValueError(f"signpost must be timezone-aware, got {signpost!r}")
+        meta = self._meta()
+        start = _position(cursor.get(""), self.name)
+        jql = f"({self.config.jql})"
+        if not full and start is not None:
+            since = _jql_time(start - timedelta(seconds=self.config.overlap_seconds), meta.tz)
+            jql += f" AND updated >= {_quote(since)}"
+        jql += " ORDER BY updated ASC, key ASC"
+        fields = self._search_fields(meta)
+        position = start
+        first_seen: dict[str, datetime] = {}
+        shifted_back_to: datetime | None = None
+        token: str | None = None
+        offset = 0
+        while True:
+            data = self._search(jql, fields, token=token, offset=offset)
+            issues = data.get("issues")
+            if not isinstance(issues, list):
+                raise FatalError(f"{self.name}: the search answered without an issue list")
+            records: list[RemoteRecord] = []
+            skipped: list[SkippableRecord] = []
+            for raw in issues:
+                try:
+                    record = self._record(raw, meta)
+                except SkippableRecord as exc:
+                    skipped.append(exc)
+                    continue
+                assert record.updated_at is not None
+                seen = first_seen.setdefault(record.ref, record.updated_at)
+                if seen != record.updated_at:  # edited mid-pull: the pages behind it shifted
+                    shifted_back_to = min(seen, shifted_back_to or seen)
+                records.append(record)
+            if records:
+                assert records[-1].updated_at is not None
+                reached = min(max(r.updated_at or signpost for r in records), signpost)
+                if position is None or reached > position:
+                    position = reached
+            if shifted_back_to is not None and position is not None:
+                position = min(position, shifted_back_to)
+            page_cursor = cursor.advanced("", _iso(position)) if position is not None else None
+            if issues or skipped:
+                yield Page(records, page_cursor, skipped)
+            if meta.cloud:
+                token = data.get("nextPageToken") or None
+                if not token or data.get("isLast") is True or not issues:
+                    return
+            else:
+                offset += len(issues)
+                total = data.get("total")
+                if not issues or (isinstance(total, int) and offset >= total):
+                    return
+
+    def get(self, ref: str) -> RemoteRecord | None:
+        meta = self._meta()
+        raw = self._issue(ref, self._search_fields(meta), changelog=self.config.changelog)
+        return None if raw is None else self._record(raw, meta)
+
+    def find_by_stamp(self, stamp: str) -> RemoteRecord | None:
+        """The first-created issue whose stamp field is exactly ``stamp``.
+
+        Text fields only support JQL's ``~`` (a word search), so the phrase is searched and
+        the hits are compared exactly.
+        """
+        meta = self._meta()
+        cf = meta.stamp_id.removeprefix("customfield_")
+        schema = meta.schema(meta.stamp_id)
+        text = schema.get("type") == "string" or "text" in str(schema.get("custom", ""))
+        clause = f"cf[{cf}] ~ {_quote(_quote(stamp))}" if text else f"cf[{cf}] = {_quote(stamp)}"
+        data = self._search(f"{clause} ORDER BY created ASC", self._search_fields(meta))
+        for raw in data.get("issues") or []:
+            try:
+                record = self._record(raw, meta)
+            except SkippableRecord:
+                continue
+            if record.stamp == stamp:
+                return record
+        return None
+
+    def history(self, ref: str, since: datetime | None = None) -> list[HistoryEntry]:
+        """The issue's changelog, oldest first (Cloud pages through ``/changelog``)."""
+        meta = self._meta()
+        histories: list[Any] = []
+        if meta.cloud:
+            offset = 0
+            while True:
+                response = self._http_client().request(
+                    "GET",
+                    f"{self.api}/issue/{ref}/changelog",
+                    params={"startAt": offset, "maxResults": 100},
+                    expect=(404,),
+                )
+                if response.status_code == 404:
+                    return []
+                data = self._http_client().decode_json(response)
+                values = data.get("values") or []
+                histories.extend(values)
+                offset += len(values)
+                if not values or data.get("isLast", True) or offset >= data.get("total", 0):
+                    break
+        else:
+            raw = self._issue(ref, ["updated"], changelog=True)
+            if raw is None:
+                return []
+            histories = (raw.get("changelog") or {}).get("histories") or []
+        entries = _history(histories, meta)
+        return [h for h in entries if since is None or h.at >= since]
+
+    # ------------------------------------------------------------------ writing
+
+    def create(self, fields: Mapping[str, Any], *, stamp: str) -> RemoteRecord:
+        if not self.config.project:
+            raise FatalError(
+                f"{self.name}: cannot create issues: set `project` (and `issue_type`) in the "
+                "connector's config",
+                connector=self.name,
+            )
+        meta = self._meta()
+        changes = dict(fields)
+        target = changes.pop("status", None)
+        payload = self._payload(changes, meta, ref="(new issue)")
+        payload.update(
+            {
+                "project": {"key": self.config.project},
+                "issuetype": {"name": self.config.issue_type},
+                meta.stamp_id: self._to_jira(meta.stamp_id, stamp, meta, "(new issue)"),
+            }
+        )
+        try:
+            created = self._jira().create_issue(fields=payload, prefetch=False)
+        except JIRAError as exc:
+            raise self._refused(exc, f"creating an issue in {self.config.project}") from None
+        key = str(created.key)
+        if target is not None:
+            raw = self._issue(key, ["status", "project", "issuetype"])
+            if raw is None:
+                raise FatalError(f"{self.name}: {key} vanished right after it was created")
+            self._move(key, raw, str(target), {}, meta)
+        return self._written(key, meta)
+
+    def update(
+        self, ref: str, changes: Mapping[str, Any], *, expected_version: str | None
+    ) -> RemoteRecord:
+        """Edit fields (one PUT), then run transitions for a ``status`` change.
+
+        With ``expected_version`` the issue is read first (one GET): Jira has no conditional
+        update, so a change between that read and the write goes unnoticed for that short
+        window. A deleted issue is StaleVersion with ``actual=None``.
+        """
+        meta = self._meta()
+        changes = dict(changes)
+        target = changes.pop("status", None)
+        current: Raw | None = None
+        if expected_version is not None or target is not None:
+            current = self._issue(ref, ["updated", "status", "project", "issuetype"])
+            if current is None:
+                raise StaleVersion(ref, expected_version, None, connector=self.name)
+            if expected_version is not None:
+                actual = _version_of(current)
+                if actual != expected_version:
+                    raise StaleVersion(ref, expected_version, actual, connector=self.name)
+        on_screens: set[str] = set()
+        available: list[_Transition] | None = None
+        if target is not None and current is not None:
+            # Fields a transition screen takes (resolution...) go with the transition: an
+            # edit would be refused for a field that is not on the edit screen.
+            available = self._transitions(ref, current, meta)
+            for t in available:
+                on_screens |= set(t.screen) & set(changes)
+        edit = {k: v for k, v in changes.items() if k not in on_screens}
+        if edit:
+            self._edit(ref, self._payload(edit, meta, ref), expected_version)
+        if target is not None and current is not None:
+            screen_changes = {k: changes[k] for k in on_screens}
+            used = self._move(ref, current, str(target), screen_changes, meta, available)
+            rest = {k: v for k, v in screen_changes.items() if k not in used}
+            if rest:
+                self._edit(ref, self._payload(rest, meta, ref), expected_version)
+        return self._written(ref, meta)
+
+    # ------------------------------------------------------------------ requests
+
+    def _search(
+        self, jql: str, fields: Sequence[str], *, token: str | None = None, offset: int = 0
+    ) -> Raw:
+        client = self._jira()
+        expand = "changelog" if self.config.changelog else None
+        # One comma-separated value, the documented form, not a repeated parameter.
+        field_list = [",".join(fields)]
+        try:
+            if self._meta().cloud:
+                data = client.enhanced_search_issues(
+                    jql,
+                    nextPageToken=token,
+                    maxResults=self.config.page_size,
+                    fields=field_list,
+                    expand=expand,
+                    json_result=True,
+                )
+            else:
+                data = client.search_issues(
+                    jql,
+                    startAt=offset,
+                    maxResults=self.config.page_size,
+                    fields=field_list,
+                    expand=expand,
+                    json_result=True,
+                )
+        except JIRAError as exc:
+            raise self._refused(exc, f"searching {jql!r}") from None
+        if not isinstance(data, dict):
+            raise FatalError(f"{self.name}: the search answered with {type(data).__name__}")
+        return data
+
+    def _issue(self, ref: str, fields: Sequence[str], *, changelog: bool = False) -> Raw | None:
+        try:
+            issue = self._jira().issue(
+                ref, fields=",".join(fields), expand="changelog" if changelog else None
+            )
+        except JIRAError as exc:
+            if exc.status_code == 404:
+                return None
+            raise self._refused(exc, f"reading {ref}") from None
+        raw = issue.raw
+        return raw if isinstance(raw, dict) else None
+
+    def _written(self, ref: str, meta: _Meta) -> RemoteRecord:
+        raw = self._issue(ref, self._search_fields(meta), changelog=self.config.changelog)
+        if raw is None:
+            raise FatalError(f"{self.name}: {ref} vanished right after it was written")
+        return self._record(raw, meta)
+
+    def _edit(self, ref: str, payload: Raw, expected: str | None) -> None:
+        http = self._http_client()
+        response = http.request(
+            "PUT", f"{self.api}/issue/{ref}", json={"fields": payload}, expect=_ANSWERS
+        )
+        if response.status_code == 404:
+            raise StaleVersion(ref, expected, None, connector=self.name)
+        if response.status_code >= 400:
+            body = _json_or_none(response)
+            raise FatalError(
+                f"{self.name}: Jira refused the edit of {ref} ({response.status_code}): "
+                f"{_messages(body) or response.reason}",
+                connector=self.name,
+                status=response.status_code,
+            )
+
+    def _refused(self, exc: JIRAError, what: str) -> FatalError:
+        status = exc.status_code
+        body = _json_or_none(exc.response) if exc.response is not None else None
+        detail = _messages(body) or (exc.text or "").strip() or "no reason given"
+        return FatalError(
+            f"{self.name}: Jira refused {what} ({status}): {detail}",
+            connector=self.name,
+            status=status,
+        )
+
+    def _search_fields(self, meta: _Meta) -> list[str]:
+        wanted: list[str] = []
+        if self._wanted is None:
+            wanted.append("*navigable")
+        else:
+            for name in self._wanted:
+                fid = meta.resolve(name) or name
+                wanted.append(fid)
+        wanted += ["updated", meta.stamp_id]
+        if self.config.comments_as_actions:
+            wanted.append("comment")
+        if self.config.subtasks_as != "none":
+            wanted.append("subtasks")
+        return list(dict.fromkeys(wanted))
+
+    # ------------------------------------------------------------------ workflow
+
+    def _transitions(self, ref: str, issue: Raw, meta: _Meta) -> list[_Transition]:
+        """Transitions available to ``issue`` now (read fresh), remembered in the graph."""
+        try:
+            raw = self._jira().transitions(ref, expand="transitions.fields")
+        except JIRAError as exc:
+            raise self._refused(exc, f"reading the transitions of {ref}") from None
+        found = [
+            _Transition(
+                str(t.get("id")),
+                str(t.get("name", "")),
+                str((t.get("to") or {}).get("name", "")),
+                {k: v for k, v in (t.get("fields") or {}).items() if isinstance(v, dict)},
+                str(((t.get("to") or {}).get("statusCategory") or {}).get("key", "")),
+            )
+            for t in raw or []
+            if isinstance(t, dict)
+        ]
+        meta.graph[(*_workflow(issue), _status(issue).casefold())] = found
+        return found
+
+    def _move(
+        self,
+        ref: str,
+        issue: Raw,
+        target: str,
+        changes: Mapping[str, Any],
+        meta: _Meta,
+        available: list[_Transition] | None = None,
+    ) -> set[str]:
+        """Run the transitions that take ``issue`` to status ``target``; return the keys of
+        ``changes`` that were set on transition screens.
+
+        A direct transition is taken when there is one. Otherwise a breadth-first search runs
+        over the workflow graph learnt so far (transitions read from each status any issue of
+        this workflow was in); where it knows no path, the issue moves towards the nearest
+        status whose transitions are unknown (never into a "done" status, which may be a dead
+        end), and transitions are read again after each step.
+        A target that is not a status of the workflow fails before anything moves; a target
+        that cannot be reached fails naming the statuses, after returning the issue to where
+        it started if the graph knows the way back.
+        """
+        workflow = _workflow(issue)
+        start = current = _status(issue)
+        want = target.casefold()
+        used: set[str] = set()
+        checked = False
+        for _ in range(_MAX_TRANSITIONS):
+            if current.casefold() == want:
+                return used
+            if available is None:  # read again after each step: the issue moved
+                available = self._transitions(ref, issue, meta)
+            path = _path(meta.graph, workflow, current, to=want)
+            if path is None:
+                if not checked:
+                    statuses = self._workflow_statuses(meta, *workflow)
+                    if statuses and want not in {s.casefold() for s in statuses}:
+                        raise FatalError(
+                            f"{self.name}: {ref}: {target!r} is not a status of the workflow of "
+                            f"{workflow[0]} / {workflow[1]}; its statuses are "
+                            f"{', '.join(map(repr, statuses))}",
+                            connector=self.name,
+                        )
+                    checked = True
+                # Explore, but never into a "done" status: those are often dead ends (Lost,
+                # Closed) that an issue cannot leave.
+                known = {k[2] for k in meta.graph if k[:2] == workflow}
+                done = {t.to.casefold() for k, ts in meta.graph.items() if k[:2] == workflow
+                        for t in ts if t.category == "done"}  # fmt: skip
+                path = _path(meta.graph, workflow, current, avoid=frozenset(known | done))
+            if path is None:
+                self._give_up(ref, workflow, start, current, target, available, meta)
+            assert path is not None
+            step = path[0]
+            screen = self._screen(ref, step, current, changes, meta)
+            try:
+                self._jira().transition_issue(ref, step.id, fields=screen or None)
+            except JIRAError as exc:
+                raise self._refused(
+                    exc, f"the transition {step.name!r} of {ref} ({current} -> {step.to})"
+                ) from None
+            used |= set(screen)
+            current = step.to
+            issue = {**issue, "fields": {**issue["fields"], "status": {"name": current}}}
+            available = None
+        raise FatalError(
+            f"{self.name}: {ref}: no way from {start!r} to {target!r} within "
+            f"{_MAX_TRANSITIONS} transitions; it is now in {current!r}",
+            connector=self.name,
+        )
+
+    def _give_up(
+        self,
+        ref: str,
+        workflow: tuple[str, str],
+        start: str,
+        current: str,
+        target: str,
+        available: list[_Transition],
+        meta: _Meta,
+    ) -> None:
+        where = ""
+        if current.casefold() != start.casefold():
+            back = _path(meta.graph, workflow, current, to=start.casefold())
+            for step in back or []:
+                try:
+                    self._jira().transition_issue(ref, step.id)
+                except JIRAError:
+                    break
+                current = step.to
+            where = f"; it was moved back to {current!r}" if back else f"; it is in {current!r}"
+        offered = ", ".join(f"{t.name!r} -> {t.to!r}" for t in available) or "none"
+        raise FatalError(
+            f"{self.name}: {ref}: no workflow path from {start!r} to {target!r}; transitions "
+            f"from {current!r}: {offered}{where}",
+            connector=self.name,
+        )
+
+    def _screen(
+        self, ref: str, step: _Transition, current: str, changes: Mapping[str, Any], meta: _Meta
+    ) -> Raw:
+        """Values for the transition's screen from ``changes``; FatalError naming a required
+        field that the changes do not carry."""
+        screen: Raw = {}
+        for fid, spec in step.screen.items():
+            if fid in changes:
+                screen[fid] = self._to_jira(fid, changes[fid], meta, ref)
+            elif spec.get("required") and not spec.get("hasDefaultValue"):
+                label = spec.get("name") or meta.fields.get(fid, {}).get("name") or fid
+                raise FatalError(
+                    f"{self.name}: {ref}: the transition {step.name!r} ({current} -> {step.to}) "
+                    f"requires {label!r} ({fid}) on its screen; map that field so the change "
+                    "carries it, or give it a default in Jira",
+                    connector=self.name,
+                )
+        return screen
+
+    def _workflow_statuses(
+        self, meta: _Meta, project: str | None, issue_type: str
+    ) -> tuple[str, ...]:
+        """The statuses of the project's workflow for ``issue_type`` (every status without a
+        project); cached per connector."""
+        key = (project or "", issue_type.casefold())
+        if key in meta.statuses:
+            return meta.statuses[key]
+        http = self._http_client()
+        names: list[str] = []
+        data = None
+        if project:
+            data = http.get_json(f"{self.api}/project/{project}/statuses", expect=(404,))
+            types = [t for t in data or [] if isinstance(t, dict)]
+            chosen = [t for t in types if str(t.get("name", "")).casefold() == key[1]] or types
+            for t in chosen:
+                names += [str(s.get("name")) for s in t.get("statuses") or [] if s.get("name")]
+        if data is None:  # no project, or a server without per-project statuses: all of them
+            data = http.get_json(f"{self.api}/status")
+            names = [str(s.get("name")) for s in data or [] if isinstance(s, dict)]
+        meta.statuses[key] = tuple(dict.fromkeys(names))
+        return meta.statuses[key]
+
+    # ------------------------------------------------------------------ records
+
+    def _record(self, raw: Any, meta: _Meta) -> RemoteRecord:
+        """An issue as a RemoteRecord; SkippableRecord if it lacks what every issue has."""
+        ref = str(raw.get("key") or raw.get("id") or "?") if isinstance(raw, dict) else "?"
+        if not isinstance(raw, dict) or not raw.get("key"):
+            raise SkippableRecord(ref, "the issue has no key", connector=self.name, payload=raw)
+        fields = raw.get("fields")
+        if not isinstance(fields, dict):
+            raise SkippableRecord(
+                ref, "the issue has no fields object", connector=self.name, payload=raw
+            )
+        updated = _parse_time(fields.get("updated"))
+        if updated is None:
+            raise SkippableRecord(
+                ref,
+                f"`updated` is not a date-time with a timezone: {fields.get('updated')!r}",
+                connector=self.name,
+                payload=raw,
+            )
+        shaped = {fid: self._display(fid, value, meta) for fid, value in fields.items()}
+        stamp = shaped.get(meta.stamp_id)
+        histories = (raw.get("changelog") or {}).get("histories") or []
+        history = tuple(_history(histories, meta))
+        recent = [h for h in history if abs((h.at - updated).total_seconds()) <= 2]
+        return RemoteRecord(
+            ref=ref,
+            version=_iso(updated),
+            fields=shaped,
+            updated_at=updated,
+            updated_by=recent[-1].actor if recent else None,
+            url=f"{self.config.url}/browse/{ref}",
+            stamp=str(stamp) if stamp not in (None, "") else None,
+            history=history,
+        )
+
+    def _display(self, fid: str, value: Any, meta: _Meta) -> Any:
+        """A Jira field value in the shapes of :mod:`connectors.base`."""
+        if value is None:
+            return None
+        if fid == "comment" and self.config.comments_as_actions:
+            return _actions(value)
+        if fid == "subtasks" and self.config.subtasks_as != "none":
+            return self._subtasks(value)
+        schema = meta.schema(fid)
+        if _is_adf(value):
+            return adf_to_markdown(value)
+        if schema.get("type") == "datetime" and isinstance(value, str):
+            parsed = _parse_time(value)
+            return parsed.isoformat(timespec="milliseconds") if parsed else value
+        if schema.get("type") == "project" and isinstance(value, dict):
+            return value.get("key")
+        if isinstance(value, list):
+            return [_item(v) for v in value]
+        return _item(value)
+
+    def _subtasks(self, value: Any) -> list[Raw]:
+        out: list[Raw] = []
+        for sub in value if isinstance(value, list) else []:
+            f = sub.get("fields") or {} if isinstance(sub, dict) else {}
+            title = str(f.get("summary") or sub.get("key") or "")
+            category = ((f.get("status") or {}).get("statusCategory") or {}).get("key")
+            if self.config.subtasks_as == "tasks":
+                out.append({"title": title, "done": category == "done"})
+            else:
+                out.append(
+                    {
+                        "kind": _slug(title),
+                        "title": title,
+                        "status": _DELIVERABLE_STATUS.get(str(category), "draft"),
+                        "link": f"{self.config.url}/browse/{sub.get('key')}",
+                    }
+                )
+        return out
+
+    # ------------------------------------------------------------------ values out
+
+    def _payload(self, changes: Mapping[str, Any], meta: _Meta, ref: str) -> Raw:
+        return {fid: self._to_jira(fid, v, meta, ref) for fid, v in changes.items()}
+
+    def _to_jira(self, fid: str, value: Any, meta: _Meta, ref: str) -> Any:
+        """A value in the shapes of :mod:`connectors.base` as Jira's REST API takes it."""
+        if fid not in meta.fields:
+            raise FatalError(
+                f"{self.name}: {ref}: Jira has no field {fid!r}; check the mapping's remote names",
+                connector=self.name,
+            )
+        if fid in _READ_ONLY or fid == "status":
+            raise FatalError(
+                f"{self.name}: {ref}: {fid!r} cannot be written through an edit"
+                + (" (status changes go through transitions)" if fid == "status" else ""),
+                connector=self.name,
+            )
+        if value is None:
+            return None
+        schema = meta.schema(fid)
+        kind, items = schema.get("type"), schema.get("items")
+        rich = schema.get("system") in _RICH_TEXT or schema.get("custom") in _RICH_TEXT
+        if meta.cloud and rich and isinstance(value, str):
+            return markdown_to_adf(value)
+        if kind == "user":
+            return self._account(value, meta, ref)
+        if kind == "array":
+            values = value if isinstance(value, list) else [value]
+            if items == "user":
+                return [self._account(v, meta, ref) for v in values]
+            if items == "option":
+                return [{"value": str(v)} for v in values]
+            if items in ("component", "version"):
+                return [{"name": str(v)} for v in values]
+            return [str(v) for v in values]
+        if kind in ("option", "option-with-child"):
+            return {"value": str(value)}
+        if kind in ("priority", "issuetype", "resolution", "securitylevel"):
+            return {"name": str(value)}
+        if kind == "number":
+            return _number(value, fid, ref, self.name)
+        if kind == "date":
+            return value.isoformat() if isinstance(value, date) else str(value)[:10]
+        if kind == "datetime":
+            return _jira_time(value, fid, ref, self.name)
+        return value
+
+    def _account(self, person: Any, meta: _Meta, ref: str) -> Raw | None:
+        """A user value (``{"id", "name", "email", "username"}`` or an e-mail) as Jira takes it:
+        ``{"accountId"}`` on Cloud, ``{"name"}`` (the username) on Data Center."""
+        if person is None:
+            return None
+        user = {"email": person} if isinstance(person, str) else dict(person)
+        uid, username, email = user.get("id"), user.get("username"), user.get("email")
+        if meta.cloud and uid:
+            return {"accountId": str(uid)}
+        if not meta.cloud and username:
+            return {"name": str(username)}
+        if not email:
+            if not meta.cloud and uid:
+                return {"name": str(uid)}
+            raise FatalError(
+                f"{self.name}: {ref}: cannot name a Jira user without an e-mail: {person!r}",
+                connector=self.name,
+            )
+        found = self._user_by_email(str(email), meta)
+        if found is None:
+            raise FatalError(
+                f"{self.name}: {ref}: no Jira user has the e-mail {email!r}; add the person to "
+                "Jira or to the mapping's [users.table]",
+                connector=self.name,
+            )
+        return {"accountId": found["accountId"]} if meta.cloud else {"name": found.get("name")}
+
+    def _user_by_email(self, email: str, meta: _Meta) -> Raw | None:
+        key = email.casefold()
+        if key not in meta.accounts:
+            params = {"query": email} if meta.cloud else {"username": email}
+            data = self._http_client().get_json(f"{self.api}/user/search", params=params)
+            hits = [u for u in data or [] if isinstance(u, dict)]
+            exact = [u for u in hits if str(u.get("emailAddress", "")).casefold() == key]
+            meta.accounts[key] = (exact or hits)[0] if hits else None
+        return meta.accounts[key]
+
+    # ------------------------------------------------------------------ discover helpers
+
+    def _create_options(self, meta: _Meta) -> dict[str, tuple[str, ...]]:
+        """Allowed values of option fields on the create screen of project / issue type."""
+        if not self.config.project:
+            return {}
+        http = self._http_client()
+        base = f"{self.api}/issue/createmeta/{self.config.project}/issuetypes"
+        types = http.get_json(base, params={"maxResults": 200}, expect=(400, 404))
+        values = (types or {}).get("values") or (types or {}).get("issueTypes") or []
+        wanted = self.config.issue_type.casefold()
+        chosen = [t for t in values if str(t.get("name", "")).casefold() == wanted]
+        if not chosen:
+            return {}
+        data = http.get_json(
+            f"{base}/{chosen[0]['id']}", params={"maxResults": 200}, expect=(400, 404)
+        )
+        options: dict[str, tuple[str, ...]] = {}
+        for f in (data or {}).get("values") or (data or {}).get("fields") or []:
+            allowed = [_item(v) for v in f.get("allowedValues") or []]
+            names = [str(a) for a in allowed if isinstance(a, str | int | float)]
+            if names and f.get("fieldId"):
+                options[str(f["fieldId"])] = tuple(names)
+        return options
+
+    def _users(self, meta: _Meta) -> tuple[RemoteUser, ...]:
+        params: dict[str, Any] = {"maxResults": 1000}
+        if self.config.project:
+            params["project"] = self.config.project
+            path = f"{self.api}/user/assignable/search"
+        else:
+            path = f"{self.api}/users/search" if meta.cloud else f"{self.api}/user/search"
+        if not meta.cloud:
+            params["username"] = "."  # Data Center needs a search term; "." matches everyone
+        try:
+            data = self._http_client().get_json(path, params=params, expect=(400, 404))
+        except FatalError as exc:
+            log.info("%s: users not listed (%s)", self.name, exc)
+            return ()
+        users = [_user(u) for u in data or [] if isinstance(u, dict)]
+        return tuple(
+            RemoteUser(str(u["id"]), u["name"], u["email"], u["username"]) for u in users if u["id"]
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _zone(name: Any) -> tzinfo:
+    if isinstance(name, str) and name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            log.warning("Jira user timezone %r is unknown; JQL dates are read as UTC", name)
+    return UTC
+
+
+def _position(value: str | None, connector: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise FatalError(
+            f"{connector}: cursor position {value!r} is not a Jira connector cursor",
+            connector=connector,
+        )
+    return at
+
+
+def _jql_time(at: datetime, tz: tzinfo) -> str:
+    """``yyyy/MM/dd HH:mm`` in ``tz``, floored to the minute. A wall time that a DST change
+    makes ambiguous is moved back by the DST difference, so whichever reading Jira takes
+    lies at or before ``at``."""
+    local = at.astimezone(tz)
+    other = local.replace(fold=1 - local.fold)
+    gap = (local.utcoffset() or timedelta()) - (other.utcoffset() or timedelta())
+    if gap:
+        local = (at - abs(gap)).astimezone(tz)
+    return local.strftime("%Y/%m/%d %H:%M")
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
+
+
+def _version_of(issue: Raw) -> str | None:
+    updated = _parse_time((issue.get("fields") or {}).get("updated"))
+    return _iso(updated) if updated else None
+
+
+def _status(issue: Raw) -> str:
+    return str(((issue.get("fields") or {}).get("status") or {}).get("name") or "")
+
+
+def _workflow(issue: Raw) -> tuple[str, str]:
+    """(project key, issue type): what decides an issue's workflow."""
+    f = issue.get("fields") or {}
+    project = str((f.get("project") or {}).get("key") or "")
+    return project, str((f.get("issuetype") or {}).get("name") or "").casefold()
+
+
+def _path(
+    graph: Mapping[tuple[str, str, str], list[_Transition]],
+    workflow: tuple[str, str],
+    start: str,
+    *,
+    to: str | None = None,
+    avoid: frozenset[str] = frozenset(),
+) -> list[_Transition] | None:
+    """The shortest known transition path from ``start`` to status ``to`` (casefolded), or
+    with ``to=None`` to the nearest status not in ``avoid``, breadth first; None if the known
+    graph has none."""
+    origin = start.casefold()
+    queue: deque[tuple[str, list[_Transition]]] = deque([(origin, [])])
+    seen = {origin}
+    while queue:
+        status, path = queue.popleft()
+        for t in graph.get((*workflow, status), []):
+            nxt = t.to.casefold()
+            if nxt in seen:
+                continue
+            if nxt == to or (to is None and nxt not in avoid):
+                return [*path, t]
+            seen.add(nxt)
+            queue.append((nxt, [*path, t]))
+    return None
+
+
+def _history(histories: Sequence[Any], meta: _Meta) -> list[HistoryEntry]:
+    """Changelog entries as HistoryEntry, oldest first, keyed by field id where Jira gives
+    one (Cloud) or the display name resolves to one (Data Center)."""
+    out: list[HistoryEntry] = []
+    for h in histories:
+        if not isinstance(h, dict):
+            continue
+        at = _parse_time(h.get("created"))
+        if at is None:
+            continue
+        actor = _actor(h.get("author"))
+        for item in h.get("items") or []:
+            if not isinstance(item, dict):
+                continue
+            name = str(item.get("field") or "")
+            fid = item.get("fieldId") or meta.resolve(name) or name
+            out.append(
+                HistoryEntry(at, str(fid), item.get("fromString"), item.get("toString"), actor)
+            )
+    out.sort(key=lambda h: h.at)
+    return out
+
+
+def _actor(author: Any) -> str | None:
+    if not isinstance(author, dict):
+        return None
+    for key in ("emailAddress", "name", "displayName", "accountId"):
+        if author.get(key):
+            return str(author[key])
+    return None
+
+
+def _is_adf(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("type") == "doc" and "content" in value
+
+
+def _is_user(value: Raw) -> bool:
+    return "accountId" in value or (
+        "displayName" in value and any(k in value for k in ("name", "key", "emailAddress"))
+    )
+
+
+def _user(value: Raw) -> dict[str, Any]:
+    uid = value.get("accountId") or value.get("key") or value.get("name")
+    return {
+        "id": str(uid) if uid else None,
+        "name": value.get("displayName"),
+        "email": value.get("emailAddress") or None,
+        "username": value.get("name") if "accountId" not in value else None,
+    }
+
+
+def _item(value: Any) -> Any:
+    """One value of a field: an option by its name, a user as a user dict, JSON otherwise."""
+    if not isinstance(value, dict):
+        return value
+    if _is_adf(value):
+        return adf_to_markdown(value)
+    if _is_user(value):
+        return _user(value)
+    if "value" in value:
+        child = value.get("child")
+        if isinstance(child, dict) and child.get("value"):
+            return f"{value['value']} / {child['value']}"
+        return value["value"]
+    if "name" in value:
+        return value["name"]
+    if "key" in value:
+        return value["key"]
+    return value
+
+
+def _actions(value: Any) -> list[Raw]:
+    comments = value.get("comments") if isinstance(value, dict) else value
+    out: list[Raw] = []
+    for c in comments if isinstance(comments, list) else []:
+        at = _parse_time(c.get("created")) if isinstance(c, dict) else None
+        if at is None:
+            continue
+        body = c.get("body")
+        out.append(
+            {
+                "what": adf_to_markdown(body) if _is_adf(body) else str(body or ""),
+                "at": at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                "by": _actor(c.get("author")),
+            }
+        )
+    return out
+
+
+def _field_type(raw: Raw) -> str:
+    """A /field entry's type in the words the mapping checker knows."""
+    schema = raw.get("schema") if isinstance(raw.get("schema"), dict) else {}
+    assert isinstance(schema, dict)
+    kind, items = schema.get("type"), schema.get("items")
+    custom = str(schema.get("custom", ""))
+    if kind == "array":
+        return {"string": "labels", "option": "multiselect", "user": "users"}.get(
+            str(items), "multi"
+        )
+    if kind == "string":
+        return "textarea" if custom.endswith(":textarea") else "string"
+    if kind in ("issuetype", "resolution", "option-with-child", "securitylevel"):
+        return "option"
+    if kind in ("comments-page", "progress", "votes", "watches", "timetracking", "any", None):
+        return "json"
+    return str(kind)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", text.casefold()).strip("_") or "deliverable"
+
+
+def _number(value: Any, fid: str, ref: str, connector: str) -> float | int:
+    if isinstance(value, bool):
+        raise FatalError(f"{connector}: {ref}: {fid} takes a number, not {value!r}")
+    if isinstance(value, int | float):
+        return value
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise FatalError(f"{connector}: {ref}: {fid} takes a number, not {value!r}") from None
+    return int(number) if number == number.to_integral_value() else float(number)
+
+
+def _jira_time(value: Any, fid: str, ref: str, connector: str) -> str:
+    at = value if isinstance(value, datetime) else _parse_time(str(value).replace("Z", "+00:00"))
+    if at is None or at.tzinfo is None:
+        raise FatalError(f"{connector}: {ref}: {fid} takes a date-time with a timezone")
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}" + at.strftime("%z")
+
+
+def _json_or_none(response: requests.Response | None) -> Any:
+    if response is None:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _messages(body: Any) -> str:
+    """Jira's ``errorMessages`` and per-field ``errors``, in one line."""
+    if not isinstance(body, dict):
+        return ""
+    parts = [str(m) for m in body.get("errorMessages") or []]
+    errors = body.get("errors")
+    if isinstance(errors, dict):
+        parts += [f"{k}: {v}" for k, v in errors.items()]
+    return "; ".join(parts)
