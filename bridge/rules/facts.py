@@ -442,13 +442,18 @@ class FactPlan:
     cadence_default: Gap | None = None
     base_currency: str | None = None
     fx: Mapping[str, Decimal] = field(default_factory=dict)
+    flat: Mapping[str, tuple[str, ...]] | None = None
+    """Per map fact, the entries to store flat (``deliverable.proposal``); None: all. The
+    loader sets it to what the pack's expressions read."""
     watch: Mapping[str, tuple[tuple[str, Change], ...]] = field(init=False, repr=False)
     """Event field -> (counter name or ``trigger:<id>``, change) that look at it."""
     index: Mapping[str, int] = field(init=False, repr=False)
     fields: dict[str, tuple[bool, tuple[tuple[str, Change], ...]]] = field(
         init=False, repr=False, default_factory=dict
     )
-    flat_names: Mapping[str, dict[str, str]] = field(init=False, repr=False)
+    flat_names: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = field(
+        init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", {k: i for i, k in enumerate(self.stages)})
@@ -465,9 +470,12 @@ class FactPlan:
             "count": tuple(self.counters),
             "trigger_overdue": tuple(t.id for t in self.triggers),
         }
-        object.__setattr__(
-            self, "flat_names", {n: {k: f"{n}.{k}" for k in ks} for n, ks in keys.items()}
+        if self.flat is not None:
+            keys = {n: self.flat.get(n, ()) for n in keys}
+        flat_names = tuple(
+            (n, tuple((k, f"{n}.{k}") for k in ks)) for n, ks in keys.items() if ks
         )
+        object.__setattr__(self, "flat_names", flat_names)
 
     def field_info(self, event_field: str) -> tuple[bool, tuple[tuple[str, Change], ...]]:
         """Whether ``event_field`` is the engine's own, and what watches it (cached: a
@@ -762,9 +770,10 @@ def derive(
                 detail.triggers[trig.id] = (ev, due_at)
         overdue[trig.id] = late
     facts["trigger_overdue"] = overdue
-    for name, names in plan.flat_names.items():
-        for k, v in facts[name].items():
-            facts[names.get(k) or f"{name}.{k}"] = v
+    for name, pairs in plan.flat_names:
+        m = facts[name]
+        for k, flat_name in pairs:
+            facts[flat_name] = m.get(k)
     return facts, detail
 
 

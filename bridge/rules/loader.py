@@ -14,7 +14,7 @@ import difflib
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -779,6 +779,15 @@ class _Loader:
                         check=f"!trigger_overdue.{name}",
                     )
                 )
+        # Store flat only the map entries that expressions read (their memo keys).
+        read: dict[str, dict[str, None]] = {}
+        exprs = [e for c in checklists for _, e in c.items]
+        exprs += [a.when for a in admission]
+        exprs += [x for r in rules for x in (r.check, r.when) if x is not None]
+        for e in exprs:
+            for m, k in e.reads.keyed:
+                read.setdefault(m, {})[k] = None
+        plan = replace(plan, flat={m: tuple(ks) for m, ks in read.items()})
         return Evaluator(plan, checklists, admission, version, otherwise, rules)
 
     def change(self, m: _Match, section: tuple[str, ...]) -> Change | None:
