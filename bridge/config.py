@@ -15,7 +15,7 @@ import difflib
 import tomllib
 import zoneinfo
 from collections.abc import Iterable, Sequence
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -26,7 +26,7 @@ from bridge.errors import Problem, UserError
 from bridge.model import Lifecycle
 from bridge.registry import connector_class, connector_kinds
 from bridge.secrets import Secret, SecretRef
-from connectors.base import ConnectorConfig
+from connectors.base import ConnectorConfig, parse_duration
 
 DEFAULT_CONFIG_NAME = "salesbridge.toml"
 DEFAULT_STORE_URL = "sqlite:///salesbridge.db"
@@ -136,6 +136,23 @@ class SmtpConfig(_Section):
     sender: str = Field(description="From: address")
 
 
+class ServiceConfig(_Section):
+    """`salesbridge run`: where the webhook receiver, health and metrics listen."""
+
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 to accept from outside")
+    port: int = Field(8787, ge=0, le=65535)
+    public_url: str | None = Field(
+        None, description="URL the tools reach the receiver at (for webhook registration)"
+    )
+    rules_interval: timedelta = Field(timedelta(minutes=15), description="rule sweep interval")
+    misfire_grace: timedelta = Field(timedelta(minutes=2), description="late job still runs")
+
+    @field_validator("rules_interval", "misfire_grace", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+
 class RulesConfig(_Section):
     files: list[Path] = Field(default_factory=list, description="rule files; empty = default pack")
 
@@ -152,6 +169,7 @@ class Config(_Section):
     recipients: dict[str, RecipientConfig] = Field(default_factory=dict)
     smtp: SmtpConfig | None = None
     rules: RulesConfig = Field(default_factory=RulesConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
     # Validated separately, per kind; see load_config.
     connectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

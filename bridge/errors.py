@@ -13,7 +13,8 @@
     │   │   └── AuthError    401/403: credentials missing, wrong, expired or lacking permission
     │   ├── StaleVersion     an update's expected version no longer matches: re-read and re-merge
     │   └── SkippableRecord  one record cannot be read or mapped: quarantine it, go on
-    └── BreakerTripped       too many linked records vanished in one pull: stop until --force
+    ├── BreakerTripped       too many linked records vanished in one pull: stop until --force
+    └── WebhookRejected      a delivery whose signature, secret or freshness does not check out
 
 Sync conflicts are not exceptions: they are data (stored, listed, resolved).
 """
@@ -130,3 +131,7 @@ class BreakerTripped(SalesbridgeError):
             f"(more than {threshold:.0%}); the cycle was stopped. If this is intended, "
             f"run `salesbridge sync --connector {connector} --force`."
         )
+
+
+class WebhookRejected(SalesbridgeError):
+    """A webhook delivery that is forged, replayed or malformed; it changes nothing."""

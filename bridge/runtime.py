@@ -73,6 +73,8 @@ def open_runtime(loaded: LoadedConfig, *, only: list[str] | None = None) -> Iter
             stack.callback(conn.close)
             connectors[n] = conn
         specs = load_specs(loaded, connectors)
+        for n, conn in connectors.items():
+            conn.select(specs[n].remote_fields_needed)
         store = Store.open(loaded.store_url())
         stack.callback(store.close)
         sync = loaded.config.sync

@@ -35,6 +35,7 @@ from bridge.errors import (
     RetriableError,
     SkippableRecord,
     StaleVersion,
+    WebhookRejected,
 )
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "Schema",
     "SkippableRecord",
     "StaleVersion",
+    "WebhookRejected",
 ]
 
 
@@ -284,6 +286,24 @@ class Connector(ABC, Generic[C]):
     def history(self, ref: str, since: datetime | None = None) -> list[HistoryEntry]:
         """The tool's own change history of a record, if it keeps one."""
         return []
+
+    def select(self, fields: Sequence[str]) -> None:
+        """Read only these remote field ids from now on (the mapping's needs).
+
+        Called once after the mapping is loaded, so a pull asks the tool for no more than it
+        needs (Jira ``fields=``, Asana ``opt_fields``, a SOQL SELECT list). Default: read all.
+        """
+
+    # -- webhooks (optional)
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, url: str) -> list[str]:
+        """Check a webhook delivery and return the refs it concerns (may be empty).
+
+        ``headers`` have lower-case names; ``url`` is the callback URL as the tool called it
+        (some tools sign it). Raise WebhookRejected for a forged or malformed delivery; the
+        receiver answers 401 and changes nothing.
+        """
+        raise WebhookRejected(f"the {self.kind} connector does not receive webhooks")
 
     # -- lifecycle
 
