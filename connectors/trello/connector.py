@@ -335,7 +335,7 @@ class TrelloConnector(Connector[TrelloConfig]):
         for board in self.config.boards:
             if (board, callback_url) not in existing:
                 params = {"callbackURL": callback_url, "idModel": board, "description": description}
-                hook = self.http.decode_json(self.http.request("POST", "webhooks", params=params))
+                hook = self.http.decode_json(self.http.request("POST", "webhooks/", params=params))
                 existing[(board, callback_url)] = hook["id"]
             ids.append(existing[(board, callback_url)])
         return ids
