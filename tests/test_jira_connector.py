@@ -21,7 +21,7 @@ from connectors.jira.emulator import JiraEmulator, JiraUser, Transition, Workflo
 from connectors.jira.seed import add_sales_project
 from tests.contract import ConnectorContract, new_stamp
 
-TOKEN = "emulator-token"  # noqa: S105 - the emulator's well-known token
+TOKEN = "emulator-token"  # the emulator's well-known token
 ALICE = JiraUser("557058:alice", "Alice Chen", "alice@example.com", "alice", "Asia/Shanghai")
 RICH = "Needs **SSO** and an *audit log*.\n\n- phase 1\n- phase 2 with `code`"
 
@@ -71,8 +71,9 @@ def bot(mode: str) -> dict[str, Any]:
 
 
 def pull_all(
-    connector: JiraConnector, cursor: Cursor = Cursor(), *, full: bool = False
+    connector: JiraConnector, cursor: Cursor | None = None, *, full: bool = False
 ) -> tuple[list[RemoteRecord], Cursor, list[Any]]:
+    cursor = cursor or Cursor()
     records: list[RemoteRecord] = []
     skipped: list[Any] = []
     for page in connector.pull(cursor, signpost=datetime.now(UTC) + timedelta(hours=1), full=full):
@@ -198,8 +199,11 @@ def test_pulls_ask_only_for_the_fields_the_mapping_needs(cloud: JiraEmulator) ->
     records, _, _ = pull_all(connector)
     assert set(records[0].fields) == {"summary", "customfield_10001", "status", "updated",
                                       "customfield_10005"}  # fmt: skip
-    search = [e for e in cloud.controls.log if e.path.endswith("/search/jql")][0]
-    assert dict(search.params)["fields"] == "summary,customfield_10001,status,updated,customfield_10005"
+    search = next(e for e in cloud.controls.log if e.path.endswith("/search/jql"))
+    assert (
+        dict(search.params)["fields"]
+        == "summary,customfield_10001,status,updated,customfield_10005"
+    )
 
 
 # --------------------------------------------------------------------------- pulls
@@ -212,10 +216,12 @@ def test_the_jql_window_is_the_users_timezone_floored_and_overlapped(cloud: Jira
     connector._environ = {"JIRA_TOKEN": "alice-token"}
     cursor = Cursor({"": "2026-01-31T01:15:42.500+00:00"})
     list(connector.pull(cursor, signpost=datetime.now(UTC)))
-    search = [e for e in cloud.controls.log if e.path.endswith("/search/jql")][0]
+    search = next(e for e in cloud.controls.log if e.path.endswith("/search/jql"))
     jql = dict(search.params)["jql"]
     # 01:15:42.5 UTC - 120 s = 01:13:42.5 UTC = 09:13 in Shanghai, floored to the minute
-    assert jql == '(project = SALES) AND updated >= "2026/01/31 09:13" ORDER BY updated ASC, key ASC'
+    assert (
+        jql == '(project = SALES) AND updated >= "2026/01/31 09:13" ORDER BY updated ASC, key ASC'
+    )
 
 
 def test_an_ambiguous_local_time_is_moved_back_by_the_dst_shift() -> None:
@@ -272,10 +278,10 @@ def test_records_carry_history_url_and_who_changed_them(em: JiraEmulator) -> Non
 
 def test_comments_and_subtasks_are_shaped_on_request(cloud: JiraEmulator) -> None:
     (key,) = add(cloud, 1)
+    done = {"name": "Done", "statusCategory": {"key": "done"}}
     cloud._issues[cloud._by_key[key]].fields["subtasks"] = [
-        {"key": "SALES-77", "fields": {"summary": "Needs analysis",
-                                       "status": {"name": "Done", "statusCategory": {"key": "done"}}}}
-    ]  # fmt: skip
+        {"key": "SALES-77", "fields": {"summary": "Needs analysis", "status": done}}
+    ]
     connector = make_connector(cloud, comments_as_actions=True, subtasks_as="deliverables")
     import requests
 
@@ -381,13 +387,17 @@ def test_a_required_screen_field_comes_from_the_changes(em: JiraEmulator) -> Non
     )
     assert record.fields["status"] == "Signing"
     assert record.fields["customfield_10002"] == "2026-12-31"
+    # once the issue holds the field, the transition needs nothing from the change
+    connector.update(key, {"status": "Negotiation"}, expected_version=None)
+    record = connector.update(key, {"status": "Signing"}, expected_version=None)
+    assert record.fields["status"] == "Signing"
 
 
 def test_a_refused_edit_carries_jiras_messages(em: JiraEmulator) -> None:
     (key,) = add(em, 1)
     connector = make_connector(em)
-    with pytest.raises(FatalError, match="refused the edit.*resolution: Field 'resolution' "
-                       "cannot be set. It is not on the appropriate screen"):  # fmt: skip
+    refused = r"refused the edit.*resolution: Field 'resolution' cannot be set\. It is not on"
+    with pytest.raises(FatalError, match=refused):
         connector.update(key, {"resolution": "Done"}, expected_version=None)
     with pytest.raises(FatalError, match="customfield_10001 takes a number, not 'lots'"):
         connector.update(key, {"customfield_10001": "lots"}, expected_version=None)
@@ -473,7 +483,8 @@ def test_discover_resolves_custom_fields_statuses_and_options(em: JiraEmulator) 
                              "Delivery")  # fmt: skip
     assert schema.resolve("status")[0].options == schema.stages
     assert "High" in schema.resolve("Priority")[0].options
-    assert not schema.resolve("Salesbridge ID")[0].writable, "the stamp is the bridge's own"
+    assert schema.resolve("Salesbridge ID")[0].writable, "the bridge writes its stamp there"
+    assert not schema.resolve("updated")[0].writable
 
 
 def test_check_names_the_deployment_version_and_account(em: JiraEmulator) -> None:
@@ -485,7 +496,7 @@ def test_check_names_the_deployment_version_and_account(em: JiraEmulator) -> Non
 
 def test_a_missing_stamp_field_is_a_clear_error(em: JiraEmulator) -> None:
     connector = make_connector(em, stamp_field="Canonical ID")
-    with pytest.raises(FatalError, match="stamp_field 'Canonical ID'.*no field"):
+    with pytest.raises(FatalError, match=r"stamp_field 'Canonical ID'.*no field"):
         connector.check()
 
 
@@ -493,7 +504,12 @@ def test_a_missing_stamp_field_is_a_clear_error(em: JiraEmulator) -> None:
 
 
 def test_config_validation() -> None:
-    base = {"kind": "jira", "url": "https://x.atlassian.net/", "token": "env:T", "jql": "project = S"}
+    base = {
+        "kind": "jira",
+        "url": "https://x.atlassian.net/",
+        "token": "env:T",
+        "jql": "project = S",
+    }
     config = JiraConfig.model_validate(base)
     assert (config.url, config.page_size, config.overlap_seconds) == (
         "https://x.atlassian.net", 100, 120)  # fmt: skip
@@ -578,13 +594,16 @@ def test_unknown_adf_nodes_degrade_to_their_text() -> None:
             },
             {"type": "panel", "content": [{"type": "paragraph",
                                            "content": [{"type": "text", "text": "Note"}]}]},
-            {"type": "table", "content": [{"type": "tableRow", "content": [
-                {"type": "tableCell", "content": [{"type": "paragraph",
-                                                   "content": [{"type": "text", "text": "A1"}]}]}]}]},
+            {"type": "table", "content": [{"type": "tableRow", "content": [{
+                "type": "tableCell",
+                "content": [{"type": "paragraph", "content": [{"type": "text", "text": "A1"}]}],
+            }]}]},
             {"type": "somethingNew", "content": [{"type": "text", "text": "future"}]},
         ],
     }  # fmt: skip
-    assert adf_to_markdown(doc) == "@Alice see https://jira/browse/S-1:smile:\n\nNote\n\nA1\n\nfuture"
+    assert (
+        adf_to_markdown(doc) == "@Alice see https://jira/browse/S-1:smile:\n\nNote\n\nA1\n\nfuture"
+    )
     assert adf_to_markdown(None) == ""
     assert adf_to_markdown("wiki *text*") == "wiki *text*"
 
@@ -620,14 +639,18 @@ def adf_docs(draw: st.DrawFn) -> dict[str, Any]:
                     for m in marks
                 ]
             runs.append(node)
-            runs.append(draw(st.sampled_from([{"type": "text", "text": " "}, {"type": "hardBreak"}])))
+            runs.append(
+                draw(st.sampled_from([{"type": "text", "text": " "}, {"type": "hardBreak"}]))
+            )
         paragraphs.append({"type": "paragraph", "content": runs[:-1]})
     kind = draw(st.sampled_from(["plain", "bulletList", "orderedList", "heading"]))
     if kind == "plain":
         content = paragraphs
     elif kind == "heading":
-        line = [n if n["type"] == "text" else {"type": "text", "text": " "}
-                for n in paragraphs[0]["content"]]  # fmt: skip  (a heading is one line)
+        line = [
+            n if n["type"] == "text" else {"type": "text", "text": " "}
+            for n in paragraphs[0]["content"]
+        ]  # fmt: skip  (a heading is one line)
         content = [{"type": "heading", "attrs": {"level": 2}, "content": line}]
     else:
         items = [{"type": "listItem", "content": [p]} for p in paragraphs]
@@ -641,3 +664,20 @@ def adf_docs(draw: st.DrawFn) -> dict[str, Any]:
 def test_any_adf_of_supported_nodes_survives_markdown(doc: dict[str, Any]) -> None:
     text = adf_to_markdown(doc)
     assert normalize_adf(markdown_to_adf(text)) == normalize_adf(doc), text
+
+
+# --------------------------------------------------------------------------- the default mapping
+
+
+def test_the_default_mapping_checks_against_a_sales_project(em: JiraEmulator) -> None:
+    from pathlib import Path
+
+    from bridge.mapping import load_mapping
+
+    path = Path(__file__).resolve().parent.parent / "mappings" / "jira.toml"
+    spec = load_mapping(path, make_connector(em).discover(), connector="jira")
+    assert spec.remote_fields_needed == (
+        "summary", "status", "customfield_10001", "customfield_10002", "customfield_10003",
+        "customfield_10004", "assignee", "description", "priority", "customfield_10005",
+    )  # fmt: skip
+    assert spec.sync.stamp_field == "customfield_10005"

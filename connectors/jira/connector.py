@@ -408,7 +408,7 @@ class JiraConnector(Connector[JiraConfig]):
         for fid, raw in meta.fields.items():
             kind = _field_type(raw)
             opts = stages if fid == "status" else options.get(fid, ())
-            writable = fid not in _READ_ONLY and fid != meta.stamp_id
+            writable = fid not in _READ_ONLY
             if fid == "comment" and self.config.comments_as_actions:
                 kind = "json"
             if fid == "subtasks" and self.config.subtasks_as != "none":
@@ -826,19 +826,27 @@ class JiraConnector(Connector[JiraConfig]):
         self, ref: str, step: _Transition, current: str, changes: Mapping[str, Any], meta: _Meta
     ) -> Raw:
         """Values for the transition's screen from ``changes``; FatalError naming a required
-        field that the changes do not carry."""
+        field that neither the changes nor the issue (read only in that case) fill."""
         screen: Raw = {}
+        required: list[str] = []
         for fid, spec in step.screen.items():
             if fid in changes:
                 screen[fid] = self._to_jira(fid, changes[fid], meta, ref)
             elif spec.get("required") and not spec.get("hasDefaultValue"):
-                label = spec.get("name") or meta.fields.get(fid, {}).get("name") or fid
-                raise FatalError(
-                    f"{self.name}: {ref}: the transition {step.name!r} ({current} -> {step.to}) "
-                    f"requires {label!r} ({fid}) on its screen; map that field so the change "
-                    "carries it, or give it a default in Jira",
-                    connector=self.name,
-                )
+                required.append(fid)
+        if required:
+            issue = self._issue(ref, required) or {}
+            held = issue.get("fields") or {}
+            for fid in required:
+                if held.get(fid) in (None, "", [], {}):
+                    spec = step.screen[fid]
+                    label = spec.get("name") or meta.fields.get(fid, {}).get("name") or fid
+                    raise FatalError(
+                        f"{self.name}: {ref}: the transition {step.name!r} ({current} -> "
+                        f"{step.to}) requires {label!r} ({fid}), which the issue does not have; "
+                        "map that field so the change carries it, or give it a default in Jira",
+                        connector=self.name,
+                    )
         return screen
 
     def _workflow_statuses(
