@@ -87,6 +87,7 @@ from connectors.base import (
     Schema,
     SkippableRecord,
     StaleVersion,
+    WebhookRejected,
 )
 from connectors.trello.emulator import parse_trello_time, trello_time, webhook_signature
 
@@ -340,12 +341,20 @@ class TrelloConnector(Connector[TrelloConfig]):
             ids.append(existing[(board, callback_url)])
         return ids
 
-    def verify_webhook(self, body: bytes, callback_url: str, signature: str | None) -> bool:
-        """Whether ``X-Trello-Webhook`` ``signature`` proves the delivery came from Trello."""
-        if self.config.webhook_secret is None or not signature:
-            return False
-        expected = webhook_signature(body, callback_url, self.config.webhook_secret.reveal())
-        return hmac.compare_digest(expected, signature)
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, url: str) -> list[str]:
+        """The card a delivery concerns, once ``X-Trello-Webhook`` proves it came from Trello
+        (base64 HMAC-SHA1 of body + callback URL, keyed with the application secret)."""
+        signature = headers.get("x-trello-webhook")
+        if self.config.webhook_secret is None:
+            raise WebhookRejected(f"{self.name}: set webhook_secret to receive Trello webhooks")
+        expected = webhook_signature(body, url, self.config.webhook_secret.reveal())
+        if not signature or not hmac.compare_digest(expected, signature):
+            raise WebhookRejected(f"{self.name}: the X-Trello-Webhook signature does not match")
+        try:
+            card = json.loads(body)["action"]["data"].get("card") or {}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise WebhookRejected(f"{self.name}: the delivery is not a Trello action") from None
+        return [card["id"]] if isinstance(card.get("id"), str) else []
 
     def close(self) -> None:
         if self._client is not None:
