@@ -494,10 +494,18 @@ def test_check_names_the_deployment_version_and_account(em: JiraEmulator) -> Non
     assert text.endswith("as bridge@example.com")
 
 
-def test_a_missing_stamp_field_is_a_clear_error(em: JiraEmulator) -> None:
+def test_a_missing_stamp_field_stops_creates_only(em: JiraEmulator) -> None:
+    add(em, 1)
     connector = make_connector(em, stamp_field="Canonical ID")
-    with pytest.raises(FatalError, match=r"stamp_field 'Canonical ID'.*no field"):
-        connector.check()
+    records, _, _ = pull_all(connector)
+    assert [r.stamp for r in records] == [None]
+    for attempt in (
+        lambda: connector.create({"summary": "x"}, stamp="p-1"),
+        lambda: connector.find_by_stamp("p-1"),
+    ):
+        with pytest.raises(FatalError, match=r"stamp_field 'Canonical ID'.*no field"):
+            attempt()
+    assert em.controls.count("POST") == 0
 
 
 # --------------------------------------------------------------------------- config

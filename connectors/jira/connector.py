@@ -221,10 +221,18 @@ class _Meta:
     tz: tzinfo
     fields: dict[str, Raw]
     by_name: dict[str, list[str]]
-    stamp_id: str
+    stamp_id: str | None
+    """The stamp field's id; None where the site lacks it (then creating is refused)."""
+    stamp_problem: str | None
     statuses: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     graph: dict[tuple[str, str, str], list[_Transition]] = field(default_factory=dict)
     accounts: dict[str, Raw | None] = field(default_factory=dict)
+
+    def stamp(self, connector: str) -> str:
+        """The stamp field's id, or FatalError saying how to create it."""
+        if self.stamp_id is None:
+            raise FatalError(self.stamp_problem or "no stamp field", connector=connector)
+        return self.stamp_id
 
     def resolve(self, name_or_id: str) -> str | None:
         if name_or_id in self.fields:
@@ -353,18 +361,15 @@ class JiraConnector(Connector[JiraConfig]):
                 client._fields_cache_value = {
                     name: fid for fid, f in fields.items() for name in f.get("clauseNames", ())
                 }
-                stamp_ids = (
-                    [self.config.stamp_field]
-                    if self.config.stamp_field in fields
-                    else by_name.get(self.config.stamp_field.casefold(), [])
-                )
+                stamp = self.config.stamp_field
+                stamp_ids = [stamp] if stamp in fields else by_name.get(stamp.casefold(), [])
+                problem = None
                 if len(stamp_ids) != 1:
                     found = "no field" if not stamp_ids else f"{len(stamp_ids)} fields"
-                    raise FatalError(
-                        f"{self.name}: stamp_field {self.config.stamp_field!r}: Jira has {found} "
-                        "of that name; create a text custom field for it (or write its id, "
-                        "customfield_NNNNN) so created issues can be recognised after a crash",
-                        connector=self.name,
+                    problem = (
+                        f"{self.name}: stamp_field {stamp!r}: Jira has {found} of that name; "
+                        "create a text custom field for it (or write its id, customfield_NNNNN) "
+                        "so that issues the bridge creates are recognised after a crash"
                     )
                 self._cached = _Meta(
                     cloud=client.deploymentType == "Cloud",
@@ -372,7 +377,8 @@ class JiraConnector(Connector[JiraConfig]):
                     tz=_zone(me.get("timeZone") if isinstance(me, dict) else None),
                     fields=fields,
                     by_name=by_name,
-                    stamp_id=stamp_ids[0],
+                    stamp_id=stamp_ids[0] if len(stamp_ids) == 1 else None,
+                    stamp_problem=problem,
                 )
             return self._cached
 
@@ -495,8 +501,9 @@ class JiraConnector(Connector[JiraConfig]):
         the hits are compared exactly.
         """
         meta = self._meta()
-        cf = meta.stamp_id.removeprefix("customfield_")
-        schema = meta.schema(meta.stamp_id)
+        stamp_id = meta.stamp(self.name)
+        cf = stamp_id.removeprefix("customfield_")
+        schema = meta.schema(stamp_id)
         text = schema.get("type") == "string" or "text" in str(schema.get("custom", ""))
         clause = f"cf[{cf}] ~ {_quote(_quote(stamp))}" if text else f"cf[{cf}] = {_quote(stamp)}"
         data = self._search(f"{clause} ORDER BY created ASC", self._search_fields(meta))
@@ -548,6 +555,7 @@ class JiraConnector(Connector[JiraConfig]):
                 connector=self.name,
             )
         meta = self._meta()
+        stamp_id = meta.stamp(self.name)
         changes = dict(fields)
         target = changes.pop("status", None)
         payload = self._payload(changes, meta, ref="(new issue)")
@@ -555,7 +563,7 @@ class JiraConnector(Connector[JiraConfig]):
             {
                 "project": {"key": self.config.project},
                 "issuetype": {"name": self.config.issue_type},
-                meta.stamp_id: self._to_jira(meta.stamp_id, stamp, meta, "(new issue)"),
+                stamp_id: self._to_jira(stamp_id, stamp, meta, "(new issue)"),
             }
         )
         try:
@@ -696,7 +704,7 @@ class JiraConnector(Connector[JiraConfig]):
             for name in self._wanted:
                 fid = meta.resolve(name) or name
                 wanted.append(fid)
-        wanted += ["updated", meta.stamp_id]
+        wanted += ["updated", *([meta.stamp_id] if meta.stamp_id else [])]
         if self.config.comments_as_actions:
             wanted.append("comment")
         if self.config.subtasks_as != "none":
@@ -893,7 +901,7 @@ class JiraConnector(Connector[JiraConfig]):
                 payload=raw,
             )
         shaped = {fid: self._display(fid, value, meta) for fid, value in fields.items()}
-        stamp = shaped.get(meta.stamp_id)
+        stamp = shaped.get(meta.stamp_id) if meta.stamp_id else None
         histories = (raw.get("changelog") or {}).get("histories") or []
         history = tuple(_history(histories, meta))
         recent = [h for h in history if abs((h.at - updated).total_seconds()) <= 2]
