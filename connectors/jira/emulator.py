@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -66,19 +67,21 @@ BASE = "@@jira-base@@"
 """Stands for the server's base URL in stored JSON; replaced when a response is written."""
 
 _PLUGIN = "com.atlassian.jira.plugin.system.customfieldtypes:"
-CUSTOM_KINDS: dict[str, tuple[str, str, str | None]] = {
-    # kind: (schema type, schema custom key, items)
-    "text": ("string", _PLUGIN + "textfield", None),
-    "textarea": ("string", _PLUGIN + "textarea", None),
-    "number": ("number", _PLUGIN + "float", None),
-    "date": ("date", _PLUGIN + "datepicker", None),
-    "datetime": ("datetime", _PLUGIN + "datetime", None),
-    "select": ("option", _PLUGIN + "select", None),
-    "multiselect": ("array", _PLUGIN + "multiselect", "option"),
-    "user": ("user", _PLUGIN + "userpicker", None),
-    "labels": ("array", _PLUGIN + "labels", "string"),
-    "url": ("string", _PLUGIN + "url", None),
-}
+CUSTOM_KINDS: Mapping[str, tuple[str, str, str | None]] = MappingProxyType(
+    {
+        # kind: (schema type, schema custom key, items)
+        "text": ("string", _PLUGIN + "textfield", None),
+        "textarea": ("string", _PLUGIN + "textarea", None),
+        "number": ("number", _PLUGIN + "float", None),
+        "date": ("date", _PLUGIN + "datepicker", None),
+        "datetime": ("datetime", _PLUGIN + "datetime", None),
+        "select": ("option", _PLUGIN + "select", None),
+        "multiselect": ("array", _PLUGIN + "multiselect", "option"),
+        "user": ("user", _PLUGIN + "userpicker", None),
+        "labels": ("array", _PLUGIN + "labels", "string"),
+        "url": ("string", _PLUGIN + "url", None),
+    }
+)
 """Custom field kinds the emulator validates, with the schema Jira reports for each."""
 
 _CATEGORIES = {

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from bridge.demo_data import DemoOptions, generate
@@ -45,9 +46,9 @@ __all__ = [
     "DEVLAKE_DIR",
     "SALES_FIELDS",
     "SALES_STAGES",
-    "SALES_WORKFLOW",
     "add_sales_project",
     "load_devlake",
+    "sales_workflow",
     "seed_sales",
     "seeded",
 ]
@@ -258,37 +259,43 @@ def _stub(em: JiraEmulator, issue_id: str, histories: list[Json]) -> str:
 
 
 SALES_STAGES = ("Lead", "Qualification", "Proposal", "Negotiation", "Signing", "Delivery")
-SALES_FIELDS = {
-    "Amount": "number",
-    "Close date": "date",
-    "Customer": "text",
-    "Probability": "number",
-    "Salesbridge ID": "text",
-}
-SALES_WORKFLOW = Workflow(
-    "Sales Project Workflow",
-    list(SALES_STAGES),
-    [
-        Transition("11", "Qualify", "Qualification", ("Lead",)),
-        Transition("21", "Send proposal", "Proposal", ("Qualification",)),
-        Transition("31", "Start negotiation", "Negotiation", ("Proposal",)),
-        Transition(
-            "41",
-            "Sign contract",
-            "Signing",
-            ("Negotiation",),
-            screen=("Close date", "Amount"),
-            required=("Close date",),
-        ),
-        Transition("51", "Start delivery", "Delivery", ("Signing",)),
-        Transition("61", "Back to lead", "Lead", ("Qualification",)),
-        Transition("71", "Back to qualification", "Qualification", ("Proposal",)),
-        Transition("81", "Back to proposal", "Proposal", ("Negotiation",)),
-        Transition("91", "Back to negotiation", "Negotiation", ("Signing",)),
-    ],
+SALES_FIELDS: Mapping[str, str] = MappingProxyType(
+    {
+        "Amount": "number",
+        "Close date": "date",
+        "Customer": "text",
+        "Probability": "number",
+        "Salesbridge ID": "text",
+    }
 )
-"""One step forward or back at a time: Lead -> Proposal must pass through Qualification, and
-signing asks for the close date on its screen."""
+
+
+def sales_workflow() -> Workflow:
+    """One step forward or back at a time: Lead -> Proposal must pass through Qualification, and
+    signing asks for the close date on its screen. (A new object per call: emulators never
+    share state.)"""
+    return Workflow(
+        "Sales Project Workflow",
+        list(SALES_STAGES),
+        [
+            Transition("11", "Qualify", "Qualification", ("Lead",)),
+            Transition("21", "Send proposal", "Proposal", ("Qualification",)),
+            Transition("31", "Start negotiation", "Negotiation", ("Proposal",)),
+            Transition(
+                "41",
+                "Sign contract",
+                "Signing",
+                ("Negotiation",),
+                screen=("Close date", "Amount"),
+                required=("Close date",),
+            ),
+            Transition("51", "Start delivery", "Delivery", ("Signing",)),
+            Transition("61", "Back to lead", "Lead", ("Qualification",)),
+            Transition("71", "Back to qualification", "Qualification", ("Proposal",)),
+            Transition("81", "Back to proposal", "Proposal", ("Negotiation",)),
+            Transition("91", "Back to negotiation", "Negotiation", ("Signing",)),
+        ],
+    )
 
 
 def add_sales_project(em: JiraEmulator, key: str = "SALES") -> None:
@@ -302,7 +309,7 @@ def add_sales_project(em: JiraEmulator, key: str = "SALES") -> None:
             em.add_status(stage, "indeterminate")
         em.add_status("Delivery", "done")
         em.add_project(
-            key, "Sales Projects", issue_types=["Sales Project"], workflow=SALES_WORKFLOW
+            key, "Sales Projects", issue_types=["Sales Project"], workflow=sales_workflow()
         )
 
 
