@@ -5,7 +5,7 @@
     pack = load_rules([Path("rules/default.toml")])      # checked: UserError names file/key/fix
     result = pack.evaluate(project, events, now, Calendar.of("Europe/Berlin", holidays))
     result.admission.tracked, [r.rule.id for r in result.violations]
-    report = sweep(store, pack, now=now, calendars=calendars)   # records violations
+    report = bridge.rules.sweep.sweep(store, pack, now=now, calendars=calendars)
 
 Layers: :mod:`~bridge.rules.facts` derives a fixed set of facts per project (idle days in the
 team's timezone, deliverable statuses, stakeholder counts, event counts in windows...);
@@ -24,7 +24,14 @@ from bridge.rules.engine import (
     RuleResult,
 )
 from bridge.rules.facts import CONSTANTS, FACTS, Fact
-from bridge.rules.loader import SEVERITIES, RulePack, default_pack_path, load_rules, parse_rules
+from bridge.rules.loader import (
+    SEVERITIES,
+    RulePack,
+    default_pack_path,
+    evaluate,
+    load_rules,
+    parse_rules,
+)
 
 __all__ = [
     "CONSTANTS",
@@ -40,6 +47,7 @@ __all__ = [
     "RulePack",
     "RuleResult",
     "default_pack_path",
+    "evaluate",
     "load_rules",
     "parse_duration",
     "parse_gap",

@@ -23,7 +23,16 @@ from typing import Any, Final, Literal
 
 from bridge.model import DELIVERABLE_ORDER, LEVEL_ORDER, SalesProject
 from bridge.rules.calendar import Calendar
-from bridge.rules.facts import CONSTANTS, FACTS, FLATTENED, Detail, FactPlan, derive
+from bridge.rules.facts import (
+    ABSENT,
+    CONSTANTS,
+    FACTS,
+    FLATTENED,
+    Detail,
+    FactPlan,
+    derive,
+    freeze,
+)
 from bridge.store.store import Event
 
 __all__ = [
@@ -44,7 +53,6 @@ Text = Mapping[str, str]
 """A text in every language of :data:`LANGS`."""
 
 _MEMO_LIMIT = 200_000
-_ABSENT: Final = object()
 _TOKENS = re.compile(
     r'"""(?:.|\n)*?"""|\'\'\'(?:.|\n)*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\''
     r"|[A-Za-z_][A-Za-z0-9_]*"
@@ -65,17 +73,6 @@ def text_in(text: Text, lang: str) -> str:
 
 class ExprError(Exception):
     """An expression failed on one project's facts."""
-
-
-def _freeze(value: Any) -> Any:
-    """A hashable stand-in for a fact value that keeps CEL's distinctions (1, 1.0, true)."""
-    if isinstance(value, dict):
-        return tuple((k, _freeze(v)) for k, v in sorted(value.items()))
-    if isinstance(value, list | tuple):
-        return (list, *(_freeze(v) for v in value))
-    if isinstance(value, bool | float):
-        return (type(value), value)
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +134,7 @@ def analyse(source: str) -> tuple[str, set[str], dict[str, set[str] | None]]:
 class Expr:
     """A compiled CEL expression with its memo. ``where`` names it in the file."""
 
-    __slots__ = ("_key", "_memo", "names", "program", "reads", "source", "where")
+    __slots__ = ("_key", "_memo", "key_names", "names", "program", "reads", "source", "where")
 
     def __init__(self, source: str, where: str, program: Any, reads: Reads) -> None:
         self.source = source
@@ -146,25 +143,39 @@ class Expr:
         self.reads = reads
         self.names = reads.names()
         self._memo: dict[Any, Any] = {}
+        self.key_names = self._flat_names()
+        """The flat fact names whose values make the memo key (None: computed the slow way)."""
         self._key = self._key_function()
+
+    def _flat_names(self) -> tuple[str, ...] | None:
+        out: list[str] = []
+        for n in self.reads.whole:
+            shape = FACTS[n].shape
+            if shape == "scalar":
+                out.append(n)
+            elif shape == "list":
+                out.append("#" + n)
+            else:
+                return None
+        for m, k in self.reads.keyed:
+            if m not in FLATTENED and m != "checklist":
+                return None
+            out.append(f"{m}.{k}")
+        return tuple(out)
 
     def _key_function(self) -> Callable[[Mapping[str, Any]], Any]:
         """The memo key: the values the expression reads, taken as cheaply as possible."""
-        whole = self.reads.whole
-        keyed = self.reads.keyed
-        flat = all(FACTS[n].shape == "scalar" for n in whole) and all(
-            m in FLATTENED or m == "checklist" for m, _ in keyed
-        )
-        if flat:
-            names = [*whole, *(f"{m}.{k}" for m, k in keyed)]
+        names = self.key_names
+        if names is not None:
             if not names:
                 return lambda f: ()
-            # Fact types are fixed per name (never 1 here and true there), so the raw values
-            # are a sound key; a C itemgetter is the cheapest way to take them.
+            # Fact types are fixed per name (never 1 here and true there; custom values are
+            # stored frozen), so the raw values are a sound key, taken by a C itemgetter.
             return itemgetter(*names)
+        whole, keyed = self.reads.whole, self.reads.keyed
         return lambda f: (
-            tuple(_freeze(f[n]) for n in whole)
-            + tuple(_freeze(f[m].get(k, _ABSENT)) for m, k in keyed)
+            tuple(freeze(f[n]) for n in whole)
+            + tuple(freeze(f[m].get(k, ABSENT)) for m, k in keyed)
         )
 
     def __repr__(self) -> str:
@@ -174,8 +185,8 @@ class Expr:
         """The expression's value on ``facts``; an ExprError when CEL refuses (returned, not
         raised: the hot loop checks with ``is True`` / ``is False``)."""
         key = self._key(facts)
-        hit = self._memo.get(key, _ABSENT)
-        if hit is _ABSENT:
+        hit = self._memo.get(key, ABSENT)
+        if hit is ABSENT:
             hit = self._compute(facts, key)
         return hit
 
@@ -432,6 +443,18 @@ class Evaluator:
             RuleResult(r, "skip", why=f"only {', '.join(sorted(r.statuses))} projects")
             for r in self.rules
         )
+        # A checklist's count is a pure function of what its items read: one memo per list.
+        self._lists: list[tuple[str, str, tuple[Expr, ...], Any, dict[Any, int]]] = []
+        for cl in self.checklists:
+            exprs = tuple(e for _, e in cl.items)
+            names: dict[str, None] = {}
+            for e in exprs:
+                if e.key_names is None:
+                    names = {}
+                    break
+                names.update(dict.fromkeys(e.key_names))
+            key = itemgetter(*names) if names else None
+            self._lists.append((cl.name, "checklist." + cl.name, exprs, key, {}))
 
     def evaluate(
         self,
@@ -455,12 +478,18 @@ class Evaluator:
         facts, detail = derive(data, evs, now, cal, self.plan)
         checklist: dict[str, int] = {}
         facts["checklist"] = checklist
-        for cl in self.checklists:
-            n = 0
-            for _item, expr in cl.items:
-                n += expr.run(facts) is True  # an item that cannot be decided does not count
-            checklist[cl.name] = n
-            facts["checklist." + cl.name] = n
+        for name, flat, exprs, key, memo in self._lists:
+            k = key(facts) if key is not None else None
+            n = memo.get(k) if k is not None else None
+            if n is None:
+                # an item that cannot be decided does not count
+                n = sum(e.run(facts) is True for e in exprs)
+                if k is not None:
+                    if len(memo) >= _MEMO_LIMIT:
+                        memo.clear()
+                    memo[k] = n
+            checklist[name] = n
+            facts[flat] = n
         admission = self.admit(facts)
         if not admission.tracked:
             results: Sequence[RuleResult] = self._untracked
@@ -496,29 +525,41 @@ class Evaluator:
         return AdmissionDecision(o.tracked, o.rule_version, o.rule, o.reason, error=error)
 
     def _check(self, facts: dict[str, Any], detail: Detail) -> list[RuleResult]:
-        """The hot loop: shared results for passes and skips, new ones for the rest."""
+        """The hot loop: shared results for passes and skips, new ones for the rest.
+
+        ``Expr.run`` is inlined (key, memo lookup, compute on a miss): this loop runs once
+        per rule per project."""
         out: list[RuleResult] = []
+        append = out.append
         status = facts["status"]
+        absent = ABSENT
         for i, rule in enumerate(self.rules):
             if status not in rule.statuses:
-                out.append(self._wrong_status[i])
+                append(self._wrong_status[i])
                 continue
             when = rule.when
             if when is not None:
-                w = when.run(facts)
+                k = when._key(facts)
+                w = when._memo.get(k, absent)
+                if w is absent:
+                    w = when._compute(facts, k)
                 if w is False:
-                    out.append(self._skipped[i])
+                    append(self._skipped[i])
                     continue
                 if w is not True:
-                    out.append(self._error(rule, when, w, facts))
+                    append(self._error(rule, when, w, facts))
                     continue
-            ok = rule.check.run(facts)
+            check = rule.check
+            k = check._key(facts)
+            ok = check._memo.get(k, absent)
+            if ok is absent:
+                ok = check._compute(facts, k)
             if ok is True:
-                out.append(self._passed[i])
+                append(self._passed[i])
             elif ok is False:
-                out.append(self._fail(rule, facts, detail))
+                append(self._fail(rule, facts, detail))
             else:
-                out.append(self._error(rule, rule.check, ok, facts))
+                append(self._error(rule, check, ok, facts))
         return out
 
     def _error(self, rule: Rule, expr: Expr, value: Any, facts: dict[str, Any]) -> RuleResult:

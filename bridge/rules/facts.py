@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final
 
 from bridge.model import DELIVERABLE_ORDER, ENGINE_FIELDS, LEVEL_ORDER, StakeholderRole
@@ -313,22 +313,17 @@ def _date(value: Any) -> date | None:
     return None
 
 
-def _number(value: Any) -> Decimal | None:
-    """A number out of an event value or field: a Money dict, a number or numeric text."""
-    if isinstance(value, Mapping):
+def _number(value: Any) -> float | None:
+    """A number out of an event value: a Money dict, a number or numeric text. A double is
+    exact enough to compare sizes and percentages of change."""
+    if isinstance(value, dict):
         value = value.get("amount")
-    if isinstance(value, bool) or value is None:
+    if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, int | float):
-        return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    if isinstance(value, str):
-        try:
-            return Decimal(value)
-        except InvalidOperation:
-            return None
-    return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _empty(value: Any) -> bool:
@@ -405,7 +400,7 @@ class Change:
         # pct
         if x == 0:
             return y != 0
-        return abs((y - x) / x) * 100 >= Decimal(repr(self.min_pct))
+        return abs((y - x) / x) * 100 >= self.min_pct
 
     def _risk_raised(self, old: Any, new: Any) -> bool:
         def serious(items: Any) -> set[str]:
@@ -445,15 +440,15 @@ class FactPlan:
     flat: Mapping[str, tuple[str, ...]] | None = None
     """Per map fact, the entries to store flat (``deliverable.proposal``); None: all. The
     loader sets it to what the pack's expressions read."""
+    frozen_lists: tuple[str, ...] = ()
+    """List facts read whole, also stored as tuples under ``#<name>`` (for memo keys)."""
     watch: Mapping[str, tuple[tuple[str, Change], ...]] = field(init=False, repr=False)
     """Event field -> (counter name or ``trigger:<id>``, change) that look at it."""
     index: Mapping[str, int] = field(init=False, repr=False)
     fields: dict[str, tuple[bool, tuple[tuple[str, Change], ...]]] = field(
         init=False, repr=False, default_factory=dict
     )
-    flat_names: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = field(
-        init=False, repr=False
-    )
+    flat_names: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", {k: i for i, k in enumerate(self.stages)})
@@ -469,12 +464,11 @@ class FactPlan:
             "entered": self.stages,
             "count": tuple(self.counters),
             "trigger_overdue": tuple(t.id for t in self.triggers),
+            "custom": (),
         }
         if self.flat is not None:
             keys = {n: self.flat.get(n, ()) for n in keys}
-        flat_names = tuple(
-            (n, tuple((k, f"{n}.{k}") for k in ks)) for n, ks in keys.items() if ks
-        )
+        flat_names = tuple((n, tuple((k, f"{n}.{k}") for k in ks)) for n, ks in keys.items() if ks)
         object.__setattr__(self, "flat_names", flat_names)
 
     def field_info(self, event_field: str) -> tuple[bool, tuple[tuple[str, Change], ...]]:
@@ -521,7 +515,22 @@ def _money(v: Any, plan: FactPlan) -> tuple[float | None, str]:
     return (None, cur) if rate is None else (amt * float(rate), cur)
 
 
-FLATTENED: Final = ("deliverable", "stakeholders", "entered", "count", "trigger_overdue")
+FLATTENED: Final = ("deliverable", "stakeholders", "entered", "count", "trigger_overdue", "custom")
+ABSENT: Final = object()
+"""A key that a map lacks (``has(custom.x)`` is false), as it appears in memo keys."""
+
+
+def freeze(value: Any) -> Any:
+    """A hashable stand-in for a value that keeps CEL's distinctions (1, 1.0, true)."""
+    if isinstance(value, dict):
+        return tuple((k, freeze(v)) for k, v in sorted(value.items()))
+    if isinstance(value, list | tuple):
+        return (list, *(freeze(v) for v in value))
+    if isinstance(value, bool | float):
+        return (type(value), value)
+    return value
+
+
 """Map facts whose entries are also stored flat (``deliverable.proposal``), so an expression
 that reads one entry is keyed on that entry alone."""
 
@@ -772,8 +781,14 @@ def derive(
     facts["trigger_overdue"] = overdue
     for name, pairs in plan.flat_names:
         m = facts[name]
-        for k, flat_name in pairs:
-            facts[flat_name] = m.get(k)
+        if name == "custom":  # free-form values: frozen, and an absent key is not null
+            for k, flat_name in pairs:
+                facts[flat_name] = freeze(m.get(k, ABSENT))
+        else:
+            for k, flat_name in pairs:
+                facts[flat_name] = m.get(k)
+    for name in plan.frozen_lists:
+        facts["#" + name] = tuple(facts[name])
     return facts, detail
 
 

@@ -40,7 +40,7 @@ from bridge.rules.engine import (
 from bridge.rules.facts import CHANGES, FACTS, ROLES, Change, FactPlan, Trigger, derive
 from bridge.store.store import Event
 
-__all__ = ["SEVERITIES", "RulePack", "default_pack_path", "load_rules", "parse_rules"]
+__all__ = ["SEVERITIES", "RulePack", "default_pack_path", "evaluate", "load_rules", "parse_rules"]
 
 SEVERITIES: Final = ("info", "warning", "critical")
 PERIODS: Final = ("none", "stage", "last_update", "trigger")
@@ -781,13 +781,17 @@ class _Loader:
                 )
         # Store flat only the map entries that expressions read (their memo keys).
         read: dict[str, dict[str, None]] = {}
+        lists: dict[str, None] = {}
         exprs = [e for c in checklists for _, e in c.items]
         exprs += [a.when for a in admission]
         exprs += [x for r in rules for x in (r.check, r.when) if x is not None]
         for e in exprs:
             for m, k in e.reads.keyed:
                 read.setdefault(m, {})[k] = None
-        plan = replace(plan, flat={m: tuple(ks) for m, ks in read.items()})
+            lists.update((n, None) for n in e.reads.whole if FACTS[n].shape == "list")
+        plan = replace(
+            plan, flat={m: tuple(ks) for m, ks in read.items()}, frozen_lists=tuple(lists)
+        )
         return Evaluator(plan, checklists, admission, version, otherwise, rules)
 
     def change(self, m: _Match, section: tuple[str, ...]) -> Change | None:
@@ -1056,3 +1060,20 @@ def load_rules(
     if problems:
         raise UserError(problems)
     return parse_rules(texts, lifecycle=lifecycle)
+
+
+def evaluate(
+    project: Any,
+    events: Sequence[Event] = (),
+    now: datetime | None = None,
+    team: Calendar | None = None,
+    *,
+    pack: RulePack | None = None,
+) -> Any:
+    """Evaluate one project with ``pack`` (default: the default pack, loaded for this call).
+
+    A convenience for one-off checks; in a loop, load the pack once and call
+    ``pack.evaluate(project, events, now, team)``, which also keeps its results cache warm.
+    Returns an :class:`~bridge.rules.engine.Evaluation`.
+    """
+    return (pack or load_rules()).evaluate(project, events, now, team)
