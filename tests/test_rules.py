@@ -734,3 +734,13 @@ def test_evaluate_uses_the_current_time_when_none_is_given(default_pack: RulePac
         ev = default_pack.evaluate(project(created_at=datetime(2026, 6, 1, 12, tzinfo=UTC)))
     assert ev.now == datetime(2026, 7, 1, 12, tzinfo=UTC)
     assert ev.facts["idle_days"] == 30
+
+
+def test_module_level_evaluate_uses_the_default_pack() -> None:
+    from bridge.rules import evaluate
+
+    now = datetime(2026, 3, 30, 9, tzinfo=UTC)
+    ev = evaluate(project(stage="signing"), [], now, Calendar.of("Asia/Shanghai"))
+    assert ev.admission.tracked
+    assert "negotiation.exit.contract_review_done" in {r.rule.id for r in ev.violations}
+    assert ev.project_id == "sb-test" and ev.owner == "li.wei@example.com" and ev.team == "east"
