@@ -499,12 +499,10 @@ def test_a_missing_stamp_field_stops_creates_only(em: JiraEmulator) -> None:
     connector = make_connector(em, stamp_field="Canonical ID")
     records, _, _ = pull_all(connector)
     assert [r.stamp for r in records] == [None]
-    for attempt in (
-        lambda: connector.create({"summary": "x"}, stamp="p-1"),
-        lambda: connector.find_by_stamp("p-1"),
-    ):
-        with pytest.raises(FatalError, match=r"stamp_field 'Canonical ID'.*no field"):
-            attempt()
+    with pytest.raises(FatalError, match=r"stamp_field 'Canonical ID'.*no field"):
+        connector.create({"summary": "x"}, stamp="p-1")
+    with pytest.raises(FatalError, match=r"stamp_field 'Canonical ID'.*no field"):
+        connector.find_by_stamp("p-1")
     assert em.controls.count("POST") == 0
 
 
@@ -631,7 +629,8 @@ _MARKS = st.lists(
 
 @st.composite
 def adf_docs(draw: st.DrawFn) -> dict[str, Any]:
-    paragraphs = []
+    paragraphs: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
     for _ in range(draw(st.integers(1, 3))):
         runs = []
         for _ in range(draw(st.integers(1, 4))):
@@ -651,19 +650,19 @@ def adf_docs(draw: st.DrawFn) -> dict[str, Any]:
                 draw(st.sampled_from([{"type": "text", "text": " "}, {"type": "hardBreak"}]))
             )
         paragraphs.append({"type": "paragraph", "content": runs[:-1]})
+    content: list[dict[str, Any]]
     kind = draw(st.sampled_from(["plain", "bulletList", "orderedList", "heading"]))
     if kind == "plain":
         content = paragraphs
     elif kind == "heading":
-        line = [
-            n if n["type"] == "text" else {"type": "text", "text": " "}
-            for n in paragraphs[0]["content"]
-        ]  # fmt: skip  (a heading is one line)
+        # a heading is one line
+        line = [n if n["type"] == "text" else {"type": "text", "text": " "} for n in runs[:-1]]
         content = [{"type": "heading", "attrs": {"level": 2}, "content": line}]
     else:
         items = [{"type": "listItem", "content": [p]} for p in paragraphs]
-        attrs = {"attrs": {"order": 1}} if kind == "orderedList" else {}
-        content = [{"type": kind, **attrs, "content": items}]
+        content = [{"type": kind, "content": items}]
+        if kind == "orderedList":
+            content[0]["attrs"] = {"order": 1}
     return {"type": "doc", "version": 1, "content": content}
 
 
