@@ -413,6 +413,26 @@ def test_a_user_is_found_by_e_mail(em: JiraEmulator) -> None:
         connector.update(key, {"assignee": {"email": "nobody@example.com"}}, expected_version=None)
 
 
+def test_what_writes_cost(em: JiraEmulator) -> None:
+    connector = make_connector(em)
+    connector.check()
+    connector.counter.snapshot(reset=True)
+    created = connector.create({"summary": "x"}, stamp=new_stamp())
+    assert connector.counter.snapshot(reset=True).total == 2, "POST, then GET the result"
+    connector.update(created.ref, {"summary": "y"}, expected_version=created.version)
+    assert connector.counter.snapshot(reset=True).total == 3, "GET (version), PUT, GET"
+    connector.update(created.ref, {"summary": "z"}, expected_version=None)
+    assert connector.counter.snapshot(reset=True).total == 2, "PUT, GET"
+    connector.find_by_stamp(new_stamp())
+    assert connector.counter.snapshot(reset=True).total == 1
+
+
+def test_a_bad_jql_is_refused_with_jiras_message(em: JiraEmulator) -> None:
+    connector = make_connector(em, jql="project = = SALES")
+    with pytest.raises(FatalError, match=r"Jira refused searching .* \(400\): .+"):
+        pull_all(connector)
+
+
 def test_create_without_a_project_is_refused(em: JiraEmulator) -> None:
     connector = make_connector(em, project=None)
     with pytest.raises(FatalError, match="set `project`"):

@@ -409,6 +409,10 @@ class JiraConnector(Connector[JiraConfig]):
         assignable in the project."""
         meta = self._meta()
         options = self._create_options(meta)
+        if "priority" not in options:  # no create screen to read it from
+            data = self._http_client().get_json(f"{self.api}/priority", expect=(404,))
+            names = [str(p["name"]) for p in data or [] if isinstance(p, dict) and p.get("name")]
+            options["priority"] = tuple(names)
         stages = self._workflow_statuses(meta, self.config.project, self.config.issue_type)
         found: list[RemoteField] = []
         for fid, raw in meta.fields.items():
@@ -1070,10 +1074,11 @@ class JiraConnector(Connector[JiraConfig]):
         if self.config.project:
             params["project"] = self.config.project
             path = f"{self.api}/user/assignable/search"
+        elif meta.cloud:
+            path = f"{self.api}/users/search"
         else:
-            path = f"{self.api}/users/search" if meta.cloud else f"{self.api}/user/search"
-        if not meta.cloud:
-            params["username"] = "."  # Data Center needs a search term; "." matches everyone
+            path = f"{self.api}/user/search"
+            params["username"] = "."  # Data Center's user search needs a term; "." is everyone
         try:
             data = self._http_client().get_json(path, params=params, expect=(400, 404))
         except FatalError as exc:
