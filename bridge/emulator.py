@@ -98,6 +98,7 @@ class _Delay:
     seconds: float
     path_prefix: str
     method: str | None
+    after: bool
 
 
 @dataclass
@@ -175,10 +176,17 @@ class Controls:
                 )
             )
 
-    def delay(self, seconds: float, *, path: str = "/", method: str | None = None) -> None:
-        """Add ``seconds`` of latency to every matching request (delays add up)."""
+    def delay(
+        self, seconds: float, *, path: str = "/", method: str | None = None, after: bool = False
+    ) -> None:
+        """Add ``seconds`` of latency to every matching request (delays add up).
+
+        With ``after=True`` the request is handled first and only its answer is late: a client
+        that times out has had its write applied and lost the answer (a lost create).
+        """
         with self._lock:
-            self._delays.append(_Delay(seconds, path, method.upper() if method else None))
+            method = method.upper() if method else None
+            self._delays.append(_Delay(seconds, path, method, after))
 
     def rate_limit(
         self,
@@ -243,12 +251,14 @@ class Controls:
                     return fault
         return None
 
-    def _delay_for(self, method: str, path: str) -> float:
+    def _delay_for(self, method: str, path: str, *, after: bool) -> float:
         with self._lock:
             return sum(
                 d.seconds
                 for d in self._delays
-                if path.startswith(d.path_prefix) and d.method in (None, method)
+                if path.startswith(d.path_prefix)
+                and d.method in (None, method)
+                and d.after == after
             )
 
     def _spend(self, credential: str) -> tuple[bool, float, dict[str, str]]:
@@ -303,6 +313,8 @@ class ControlMiddleware:
         chunks: list[bytes] = []
 
         allowed, reset_in, extra = c._spend(credential)
+        pause = c._delay_for(method, path, after=False)
+        late = c._delay_for(method, path, after=True)
 
         async def send_wrapper(message: Message) -> None:
             # The start is held back until the body's last chunk has been recorded: a client
@@ -330,11 +342,12 @@ class ControlMiddleware:
                     )
                     for hook in c._record(exchange):
                         hook(exchange)
+                    if late:
+                        await asyncio.sleep(late)
                 if "start" in state:
                     await send(state.pop("start"))
             await send(message)
 
-        pause = c._delay_for(method, path)
         if pause:
             await asyncio.sleep(pause)
         if not allowed:

@@ -231,3 +231,15 @@ def test_a_bodiless_204_is_logged_before_the_client_sees_it(echo: Echo) -> None:
 def test_the_credential_stays_out_of_reprs(echo: Echo) -> None:
     get(echo, "/whoami", headers={"Authorization": "Bearer good"})
     assert "good" not in repr(echo.controls.log)
+
+
+def test_a_late_answer_is_lost_after_the_work_is_done(echo: Echo) -> None:
+    """``delay(after=True)``: the app has answered (and done its work), the client times out."""
+    echo.controls.delay(0.5, path="/ping", after=True)
+    session: requests.Session = echo.session  # type: ignore[attr-defined]
+    with pytest.raises(requests.ReadTimeout):
+        session.post(echo.base_url + "/ping", json={}, timeout=0.1)
+    assert echo.controls.count("POST", "/ping", status=200) == 1
+    started = time.perf_counter()
+    assert get(echo, "/whoami", headers={"Authorization": "Bearer good"}).status_code == 200
+    assert time.perf_counter() - started < 0.4

@@ -150,7 +150,8 @@ class Site:
         self, method: str, path: str, *, token: str = TOKEN, **kwargs: Any
     ) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
-        return self.session.request(method, self.url + path, headers=headers, timeout=10, **kwargs)
+        kwargs.setdefault("timeout", 10)
+        return self.session.request(method, self.url + path, headers=headers, **kwargs)
 
     def get(self, path: str, **kwargs: Any) -> Any:
         r = self.call("GET", path, **kwargs)
@@ -1019,6 +1020,20 @@ def test_injected_5xx_delays_and_exact_request_counts(site: Site) -> None:
     assert site.call("PUT", path, json={"fields": {"summary": "AW"}}).status_code == 204
     assert c.count("GET", path) == 3 and c.count("PUT", path) == 2
     assert c.count(status=503) == 2
+
+
+def test_a_create_whose_answer_is_lost_still_happened(site: Site) -> None:
+    site.em.controls.delay(0.5, path=api(site) + "/issue", method="POST", after=True)
+    body = {
+        "fields": {
+            "project": {"key": "SALES"},
+            "issuetype": {"name": "Sales Project"},
+            "summary": "Lost answer",
+        }
+    }
+    with pytest.raises(requests.ReadTimeout):
+        site.call("POST", api(site) + "/issue", json=body, timeout=0.1)
+    assert site.em.keys() == ["SALES-1"]  # created: a retry would duplicate it
 
 
 def test_jira_package_surfaces_429_and_5xx(cloud: Site) -> None:

@@ -40,7 +40,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
@@ -1482,7 +1482,10 @@ class JiraEmulator(Emulator):
                     raise JiraError(
                         403, ["You do not have permission to edit issues in this project."]
                     )
-                request.state.body = await _body(request)
+                try:
+                    request.state.body = await _body(request)
+                except ClientDisconnect:  # the client gave up before sending its body
+                    return Response(status_code=400)
                 with self._lock:
                     result = handler(request, api, user)
             except JiraError as exc:
