@@ -51,7 +51,7 @@ def rules_check(
 ) -> None:
     """Evaluate the rules over the store now and record violations (opened, resolved,
     escalated). Exit 1 if a rule could not be evaluated on some project."""
-    from bridge.rules.sweep import calendars_from_config, describe, managers_from_config, sweep
+    from bridge.rules.sweep import calendars_from_config, managers_from_config, sweep
 
     loaded = load(config)
     language = _lang(loaded, lang)
@@ -76,14 +76,15 @@ def rules_check(
         )
         if report.failing:
             table = Table("project", "rule", "severity", "owner", "since", "why", title="Open")
-            for viol, result in report.failing:
+            for f in report.failing:
+                v = f.violation
                 table.add_row(
-                    viol.project_id,
-                    viol.rule,
-                    viol.severity,
-                    viol.owner or "",
-                    viol.opened_at.date().isoformat(),
-                    describe(result, language),
+                    v.project_id,
+                    v.rule,
+                    v.severity,
+                    v.owner or "",
+                    v.opened_at.date().isoformat(),
+                    f.describe(language),
                 )
             out.print(table)
         for esc in report.escalated:

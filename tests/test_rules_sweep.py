@@ -90,7 +90,10 @@ def test_violation_lifecycle_opened_once_escalated_resolved_reopened(
     assert fresh.owner == "p1@example.com" and fresh.severity == "warning"
     assert fresh.evidence["idle_days"] == 8
     assert fresh.evidence["message"]["zh-CN"] == "每周更新"
-    assert [x.annotation("zh-CN") for x in r.annotations["p1"]] == ["更新已逾期"]
+    assert [x.annotation for x in r.annotations["p1"]] == [
+        {"en": "Update overdue", "zh-CN": "更新已逾期"}
+    ]
+    assert r.as_json("zh-CN")["annotations"] == {"p1": ["更新已逾期"]}
 
     r = sweep(store, rules, now=T0 + 9 * day, managers=managers)  # still failing: not again
     assert r.opened == [] and len(r.failing) == 2 and r.escalated == []
@@ -150,7 +153,7 @@ def test_bridge_writes_do_not_clear_a_stale_violation(store: Store, rules: RuleP
         ]
     )
     r = sweep(store, rules, now=T0 + timedelta(days=9, hours=3))
-    assert r.resolved == [] and {v.rule for v, _ in r.failing} == {"fresh", "cadence"}
+    assert r.resolved == [] and {f.violation.rule for f in r.failing} == {"fresh", "cadence"}
 
 
 def test_admission_is_recorded_once_with_version_and_reason(store: Store, rules: RulePack) -> None:
@@ -195,7 +198,7 @@ def test_a_rule_error_on_one_project_is_reported_and_the_others_go_on(
     r = sweep(store, rules, now=T0 + timedelta(days=1))
     assert [(e.project_id, e.rule) for e in r.errors] == [("a", "emea")]
     assert "has(custom.region)" in r.errors[0].message
-    assert [(v.project_id, v.rule) for v, _ in r.failing] == [("b", "emea")]
+    assert [(f.violation.project_id, f.violation.rule) for f in r.failing] == [("b", "emea")]
     assert r.evaluated == 3
 
 
@@ -221,7 +224,7 @@ def test_sweep_of_chosen_projects_leaves_the_others(store: Store, rules: RulePac
     put(store, "p1")
     put(store, "p2")
     r = sweep(store, rules, now=T0 + timedelta(days=9), project_ids=["p2"])
-    assert r.evaluated == 1 and {v.project_id for v, _ in r.failing} == {"p2"}
+    assert r.evaluated == 1 and {f.violation.project_id for f in r.failing} == {"p2"}
 
 
 # --------------------------------------------------------------------------- CLI

@@ -29,13 +29,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.rules.calendar import Calendar
-from bridge.rules.engine import Evaluation, RuleResult, text_in
+from bridge.rules.engine import LANGS, Evaluation, Rule, RuleResult, text_in
 from bridge.rules.loader import RulePack
 from bridge.store.store import Event, Store, Violation
 
 __all__ = [
     "AdmissionChange",
     "Escalation",
+    "Finding",
     "RuleError",
     "SweepReport",
     "calendars_from_config",
@@ -64,6 +65,23 @@ class Escalation:
 
 
 @dataclass(frozen=True, slots=True)
+class Finding:
+    """An open violation and what to say about it, in every language (the texts are kept
+    rather than the evaluation, so a sweep of a large portfolio stays small in memory)."""
+
+    violation: Violation
+    rule: Rule
+    message: Mapping[str, str]
+    annotation: Mapping[str, str] | None
+
+    def describe(self, lang: str) -> str:
+        """``title: message`` in ``lang`` (the title alone when the message is the title)."""
+        title = text_in(self.rule.title, lang)
+        msg = text_in(self.message, lang)
+        return title if msg == title else f"{title}: {msg}"
+
+
+@dataclass(frozen=True, slots=True)
 class AdmissionChange:
     project_id: str
     old: Mapping[str, Any] | None
@@ -72,8 +90,9 @@ class AdmissionChange:
 
 @dataclass
 class SweepReport:
-    """What a sweep found and did. ``failing`` is every violation open after the sweep, with
-    the result that explains it."""
+    """What a sweep found and did. ``failing`` is every violation open after the sweep (of the
+    projects swept); ``annotations`` the short texts of those whose rule annotates, per project,
+    for the write-back to the tools."""
 
     now: datetime
     evaluated: int = 0
@@ -83,9 +102,8 @@ class SweepReport:
     escalated: list[Escalation] = field(default_factory=list)
     errors: list[RuleError] = field(default_factory=list)
     admissions: list[AdmissionChange] = field(default_factory=list)
-    failing: list[tuple[Violation, RuleResult]] = field(default_factory=list)
-    annotations: dict[str, list[RuleResult]] = field(default_factory=dict)
-    """Per project, the failed rules that annotate (their text: ``result.annotation(lang)``)."""
+    failing: list[Finding] = field(default_factory=list)
+    annotations: dict[str, list[Finding]] = field(default_factory=dict)
 
     def as_json(self, lang: str = "en") -> dict[str, Any]:
         def v(x: Violation) -> dict[str, Any]:
@@ -115,11 +133,16 @@ class SweepReport:
                 {"project": a.project_id, "old": a.old, "new": a.new} for a in self.admissions
             ],
             "violations": [
-                {**v(x), "title": r.rule.title_in(lang), "message": r.message(lang)}
-                for x, r in self.failing
+                {
+                    **v(f.violation),
+                    "title": f.rule.title_in(lang),
+                    "message": text_in(f.message, lang),
+                }
+                for f in self.failing
             ],
             "annotations": {
-                pid: [r.annotation(lang) for r in rs] for pid, rs in self.annotations.items()
+                pid: [text_in(f.annotation, lang) for f in fs if f.annotation]
+                for pid, fs in self.annotations.items()
             },
         }
 
@@ -180,7 +203,7 @@ def _admission_changed(old: Any, new: Mapping[str, Any]) -> bool:
 def _stored_evidence(result: RuleResult) -> dict[str, Any]:
     return {
         **result.evidence,
-        "message": {lang: result.message(lang) for lang in ("en", "zh-CN")},
+        "message": {lang: result.message(lang) for lang in LANGS},
     }
 
 
@@ -303,7 +326,7 @@ def _record(
         for viol in open_by_rule.pop(rule_id):
             if store.resolve_violation(viol.rule, viol.project_id, period=viol.period, at=now):
                 report.resolved.append(viol)
-    annotated: list[RuleResult] = []
+    annotated: list[Finding] = []
     for result in ev.results:
         rule = result.rule
         current = open_by_rule.get(rule.id, [])
@@ -350,15 +373,12 @@ def _record(
         ):
             viol = store.get_violation(viol.id)
             report.escalated.append(Escalation(viol, tuple(managers.get(ev.team or "", ()))))
-        report.failing.append((viol, result))
+        note = None
         if rule.annotate:
-            annotated.append(result)
+            note = {lang: result.annotation(lang) or "" for lang in LANGS}
+        finding = Finding(viol, rule, evidence["message"], note)
+        report.failing.append(finding)
+        if note is not None:
+            annotated.append(finding)
     if annotated:
         report.annotations[ev.project_id] = annotated
-
-
-def describe(result: RuleResult, lang: str) -> str:
-    """``title: message`` of a result in ``lang`` (for lists and logs)."""
-    title = text_in(result.rule.title, lang)
-    msg = result.message(lang)
-    return title if msg == title else f"{title}: {msg}"
