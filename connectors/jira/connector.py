@@ -470,7 +470,7 @@ class JiraConnector(Connector[JiraConfig]):
                     continue
                 assert record.updated_at is not None
                 seen = first_seen.setdefault(record.ref, record.updated_at)
-                if seen != record.updated_at:  # edited mid-pull: the pages behind it shifted
+                if seen != record.updated_at:  # edited mid-pull: later offsets shifted
                     shifted_back_to = min(seen, shifted_back_to or seen)
                 records.append(record)
             if records:
@@ -539,7 +539,8 @@ class JiraConnector(Connector[JiraConfig]):
                 values = data.get("values") or []
                 histories.extend(values)
                 offset += len(values)
-                if not values or data.get("isLast", True) or offset >= data.get("total", 0):
+                total = data.get("total")
+                if not values or data.get("isLast") or (isinstance(total, int) and offset >= total):
                     break
         else:
             raw = self._issue(ref, ["updated"], changelog=True)
