@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.errors import AuthError, FatalError, RateLimited, RetriableError
+from bridge.errors import AuthError, FatalError, RateLimited, RetriableError, SkippableRecord
 from bridge.http import RequestCounter, RetryPolicy
 from connectors.base import Connector, Cursor, RemoteRecord
 from connectors.jira.adf import adf_to_markdown, markdown_to_adf, normalize_adf
@@ -242,6 +242,16 @@ def test_a_malformed_issue_is_skipped_and_the_page_goes_on(em: JiraEmulator) -> 
     assert {r.ref for r in records} == {good, also}
     assert [s.ref for s in skipped] == [bad]
     assert "updated" in skipped[0].reason
+    # shapes the emulator cannot be made to serve, straight through the record reader
+    meta = connector._meta()
+    for raw, reason in (
+        ({"key": "SALES-9"}, "no fields object"),
+        ({"key": "SALES-9", "fields": []}, "no fields object"),
+        ({"id": "10009", "fields": {}}, "no key"),
+        ({"key": "SALES-9", "fields": {"updated": "2026-01-01T10:00:00.000"}}, "timezone"),
+    ):
+        with pytest.raises(SkippableRecord, match=reason):
+            connector._record(raw, meta)
 
 
 def test_a_record_edited_mid_pull_pulls_the_cursor_back(em: JiraEmulator) -> None:
