@@ -281,6 +281,26 @@ def test_a_create_whose_link_was_never_committed_is_adopted_not_repeated(
     assert b.jira_key(pid) == orphan.ref
 
 
+def test_a_create_whose_answer_is_lost_is_adopted_not_repeated(bridge: Bridge) -> None:
+    """Jira applies the create, the answer comes too late: our POST is not retried (it may
+    have been applied), and the next run finds the issue by its stamp."""
+    b = bridge
+    b.jira.config = b.jira.config.model_copy(update={"timeout": 0.5})
+    b.jira.close()  # the next call builds its HTTP client with the short timeout
+    ref = new_deal(b, stage="lead")
+    api = "3" if b.em.mode == "cloud" else "2"
+    b.em.controls.delay(1.5, path=f"/rest/api/{api}/issue", method="POST", after=True)
+    report = b.sync()
+    assert report.connectors["jira"].status == "failed"
+    assert "not retried" in (report.connectors["jira"].error or "")
+    b.em.controls.reset()
+    pid = b.project_of("crm", ref)
+    assert list(b.stamped()) == [pid], "the create was applied"
+    assert b.store.get_link("jira", b.stamped()[pid][0]) is None, "but never linked"
+    assert_ok(b.sync())
+    assert b.stamped() == {pid: [b.jira_key(pid)]}, "adopted by its stamp, not created again"
+
+
 def _get(project: dict[str, Any], path: str) -> Any:
     from bridge.model import get_path
 
