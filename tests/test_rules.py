@@ -744,3 +744,39 @@ def test_module_level_evaluate_uses_the_default_pack() -> None:
     assert ev.admission.tracked
     assert "negotiation.exit.contract_review_done" in {r.rule.id for r in ev.violations}
     assert ev.project_id == "sb-test" and ev.owner == "li.wei@example.com" and ev.team == "east"
+
+
+@pytest.mark.parametrize(
+    ("spec", "old", "new", "counted"),
+    [
+        ('field = "description"\nchange = "any"', "a", "b", True),
+        ('field = "description"\nchange = "set"', None, "b", True),
+        ('field = "description"\nchange = "set"', "a", "b", False),
+        ('field = "description"\nchange = "cleared"', "a", "", True),
+        ('field = "status"\nchange = "to"\nvalue = "lost"', "open", "lost", True),
+        ('field = "status"\nchange = "to"\nvalue = "lost"', "lost", "open", False),
+        ('field = "status"\nchange = "from"\nvalue = "lost"', "lost", "open", True),
+        ('field = "probability"\nchange = "increase"', 20, 40, True),
+        ('field = "probability"\nchange = "decrease"', 20, 40, False),
+        (
+            'field = "amount"\nchange = "pct"\nmin_pct = 20',
+            {"amount": "100"},
+            {"amount": "80"},
+            True,
+        ),
+        (
+            'field = "amount"\nchange = "pct"\nmin_pct = 20',
+            {"amount": "100"},
+            {"amount": "81"},
+            False,
+        ),
+        ('field = "expected_close_date"\nchange = "earlier"', "2026-05-01", "2026-04-01", True),
+        ('field = "customer"\nchange = "any"', None, "x", True),  # customer.name is in customer
+    ],
+)
+def test_kinds_of_change(spec: str, old: Any, new: Any, counted: bool) -> None:
+    p = pack(f'[counters.c]\n{spec}\nwindow = "30d"\n')
+    field = "customer.name" if '"customer"' in spec else spec.split('"')[1]
+    now = datetime(2026, 3, 30, 9, tzinfo=UTC)
+    ev = p.evaluate(project(), [event(now - timedelta(days=1), field, old, new)], now)
+    assert ev.facts["count"]["c"] == int(counted)
