@@ -780,3 +780,20 @@ def test_kinds_of_change(spec: str, old: Any, new: Any, counted: bool) -> None:
     now = datetime(2026, 3, 30, 9, tzinfo=UTC)
     ev = p.evaluate(project(), [event(now - timedelta(days=1), field, old, new)], now)
     assert ev.facts["count"]["c"] == int(counted)
+
+
+def test_chinese_messages_use_stage_labels_and_chinese_units(
+    default_pack: RulePack, monday_in_berlin: datetime
+) -> None:
+    p = project(
+        stage="negotiation",
+        priority="high",
+        stage_entered_at=berlin(2026, 1, 2, 9),
+        last_meaningful_update_at=berlin(2026, 3, 20, 9),
+    )
+    ev = default_pack.evaluate(p, [], team=Calendar.of("Europe/Berlin"))
+    failed = {r.rule.id: r for r in ev.violations}
+    assert failed["stuck_in_stage"].message("zh-CN") == "已在 商务谈判与合同评审 阶段停留 87 天"
+    assert failed["stuck_in_stage"].message("en") == "In negotiation for 87 days"
+    assert "要求每 1 个工作日更新一次" in failed["cadence"].message("zh-CN")
+    assert "need one every 1 business day" in failed["cadence"].message("en")

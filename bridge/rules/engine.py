@@ -272,6 +272,8 @@ class Rule:
     stage: str | None = None
     source: str = ""
     section: str = ""
+    stage_labels: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """Stage key -> zh-CN label, for messages in Chinese (shared by the pack's rules)."""
 
     def title_in(self, lang: str) -> str:
         return text_in(self.title, lang)
@@ -343,20 +345,52 @@ class RuleResult:
 
     def message(self, lang: str = "en") -> str:
         """The rule's message in ``lang`` with its ``{placeholders}`` filled in."""
-        return fill(text_in(self.rule.message, lang), self.facts, self.evidence)
+        return fill(
+            text_in(self.rule.message, lang),
+            self.facts,
+            self.evidence,
+            lang,
+            self.rule.stage_labels,
+        )
 
     def annotation(self, lang: str = "en") -> str | None:
         """The short text to write back to the project's records, if the rule annotates."""
         if not (self.failed and self.rule.annotate):
             return None
-        return fill(text_in(self.rule.note or self.rule.title, lang), self.facts, self.evidence)
+        text = text_in(self.rule.note or self.rule.title, lang)
+        return fill(text, self.facts, self.evidence, lang, self.rule.stage_labels)
 
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
 
 
-def fill(template: str, facts: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
-    """Replace ``{fact}`` / ``{fact.key}`` with the project's values (ranks by name)."""
+_GAP_TEXT = re.compile(r"^(\d+) (business day|day|hour)s?$")
+_GAP_ZH = {"business day": "个工作日", "day": "天", "hour": "小时"}
+
+
+def _localized(name: str, value: Any, labels: Mapping[str, str]) -> Any:
+    """A fact value as a Chinese reader reads it: stage labels, gaps in Chinese units."""
+    if name in ("stage", "previous_stage") and isinstance(value, str):
+        return labels.get(value, value)
+    if name == "skipped_stages" and isinstance(value, list):
+        return [labels.get(v, v) for v in value]
+    if name == "cadence_limit" and isinstance(value, str):
+        m = _GAP_TEXT.match(value)
+        if m:
+            return f"{m.group(1)} {_GAP_ZH[m.group(2)]}"
+    return value
+
+
+def fill(
+    template: str,
+    facts: Mapping[str, Any],
+    extra: Mapping[str, Any],
+    lang: str = "en",
+    stage_labels: Mapping[str, str] | None = None,
+) -> str:
+    """Replace ``{fact}`` / ``{fact.key}`` with the project's values (ranks by name; in
+    Chinese, stages by their zh-CN label and gaps in Chinese units)."""
+    chinese = lang.lower().startswith("zh")
 
     def one(m: re.Match[str]) -> str:
         name = m.group(1)
@@ -368,6 +402,8 @@ def fill(template: str, facts: Mapping[str, Any], extra: Mapping[str, Any]) -> s
             if key:
                 value = value.get(key) if isinstance(value, dict) else None
             value = readable(head, value)
+        if chinese:
+            value = _localized(name, value, stage_labels or {})
         if value is None:
             return "-"
         if isinstance(value, float):

@@ -318,6 +318,7 @@ class _Loader:
         self.settings_from: str | None = None
         self.sample: dict[str, Any] = {}
         self.pack_escalate: timedelta | None = None
+        self.stage_labels = {st.key: st.label_zh for st in lifecycle.stages}
 
     # -- reporting
 
@@ -930,6 +931,7 @@ class _Loader:
                 stage=stage,
                 source=self.source,
                 section=_where(section),
+                stage_labels=self.stage_labels,
             )
         ]
 
