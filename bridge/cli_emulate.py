@@ -15,6 +15,7 @@ credentials printed are the emulator's own (the demo's); no real service accepts
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -219,4 +220,7 @@ def emulate(
             out.print(f"  {line}", markup=False)
         out.print("Ctrl-C stops it. These credentials work on this emulator only.")
 
-    emulated.emulator.serve_forever(port=port, announce=announce)
+    # uvicorn re-raises Ctrl-C once it has shut down: that is the normal end here.
+    with contextlib.suppress(KeyboardInterrupt):
+        emulated.emulator.serve_forever(port=port, announce=announce)
+    out.print(f"{kind} emulator stopped")
