@@ -856,7 +856,13 @@ def write_workspace(out: Path, running: dict[str, Tool]) -> Path:
     for name, tool in running.items():
         lines.append(f"[connectors.{name}]")
         lines.append(f"kind = {_toml_value(tool.settings['kind'])}")
-        lines.append(f'mapping = "mappings/{name}.toml"')
+        mapping = out / "mappings" / f"{name}.toml"
+        if name == "asana":
+            # The Asana connector reads its mapping's field list relative to the working
+            # directory, not to this file: give it the absolute path.
+            lines.append(f"mapping = {_toml_value(str(mapping.resolve()))}")
+        else:
+            lines.append(f'mapping = "mappings/{name}.toml"')
         lines.append('interval = "30s"')
         lines.append("rate_limit = { requests = 10000, per = 1.0 }")
         for key, value in tool.settings.items():
