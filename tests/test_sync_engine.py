@@ -52,8 +52,10 @@ class Bridge:
         page_size: int = 50,
         policy: str = "newest_wins",
         path: Path | None = None,
+        **engine_settings: Any,
     ) -> None:
         self.clock = SteppingClock(START)
+        self.engine_settings = engine_settings
         self.backends: dict[str, MemoryBackend] = {}
         self.connectors: dict[str, MemoryConnector] = {}
         self.specs: dict[str, MappingSpec] = {}
@@ -76,7 +78,7 @@ class Bridge:
             self.connectors,  # type: ignore[arg-type]
             self.specs,
             clock=self.clock,
-            **settings,
+            **{**self.engine_settings, **settings},
         )
 
     def sync(self, **options: Any) -> SyncReport:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,10 @@ def progress(root: Path, watch: str) -> int:
     return sum(1 for e in records.values() if e["updated_by"] == "salesbridge")
 
 
+def reached(root: Path, watch: str, count: int) -> bool:
+    return progress(root, watch) >= count
+
+
 def wait_for(done: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float = 60) -> bool:
     """Poll until ``done()``; False if the process ended first."""
     deadline = time.monotonic() + timeout
@@ -116,7 +121,7 @@ def test_sigkill_at_any_point_then_rerun_converges(tmp_path: Path) -> None:
     for n, (watch, count) in enumerate(KILL_AT):
         proc = start_sync(config)
         try:
-            if wait_for(lambda w=watch, c=count: progress(tmp_path, w) >= c, proc):
+            if wait_for(partial(reached, tmp_path, watch, count), proc):
                 os.kill(proc.pid, signal.SIGKILL)
                 killed += 1
         finally:
