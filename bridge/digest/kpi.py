@@ -10,7 +10,7 @@ Definitions (``P`` = the period):
 
 * win rate = won ÷ (won + lost), projects whose last close in ``P`` was won / lost. A close is
   a ``status`` event to won or lost; a project closed with no such event in its log closes at
-  its expected close date.
+  its expected close date (or its last update, when that is earlier).
 * average sales cycle = mean(close − created) in days, of the projects won in ``P``.
 * stage conversion s→s+1 = moves s→s+1 in ``P`` ÷ entries into s in ``P`` (a project created
   in ``P`` enters its first stage).
@@ -162,8 +162,8 @@ def freshness_known(history: History, at: datetime) -> bool:
 
 
 def closures(history: History) -> list[tuple[datetime, str]]:
-    """When the project was won or lost: its ``status`` events, else its expected close date
-    (noon UTC) when it is closed now."""
+    """When the project was won or lost: its ``status`` events, else (closed now, no event)
+    its expected close date at noon UTC, or its last update if that came earlier."""
     out = [
         (e.at, str(e.new))
         for e in history.events
@@ -172,11 +172,10 @@ def closures(history: History) -> list[tuple[datetime, str]]:
     status = history.data.get("status")
     if not out and status in ("won", "lost"):
         day = _date(history.data.get("expected_close_date"))
-        at = (
-            datetime.combine(day, time(12), UTC)
-            if day is not None
-            else _dt(history.data.get("updated_at"))
-        )
+        updated = _dt(history.data.get("updated_at"))
+        at = datetime.combine(day, time(12), UTC) if day is not None else updated
+        if at is not None and updated is not None and at > updated:
+            at = updated  # closed before its expected date: at the latest when last updated
         if at is not None:
             out.append((at, str(status)))
     return out
