@@ -159,6 +159,11 @@ class MappingSpec:
         self.users = users
         self.rules: tuple[FieldRule, ...] = tuple(rules)
         self._by_path = {r.path: r for r in self.rules}
+        self._by_remote: dict[str, FieldRule] = {}
+        for r in self.rules:
+            if r.pulls:
+                self._by_remote.setdefault(r.remote_id, r)
+                self._by_remote.setdefault(r.remote.casefold(), r)
         self._pullers = tuple(
             (r.path, r.pull, f"{r.path} (remote field {_q(r.remote)})")
             for r in self.rules
@@ -186,6 +191,22 @@ class MappingSpec:
         return (
             f"MappingSpec({self.source!r}, connector={self.connector!r}, {len(self.rules)} fields)"
         )
+
+    def history_value(self, remote_field: str, value: Any) -> tuple[str | None, Any]:
+        """(canonical path, canonical value) for one value in a tool's own history.
+
+        ``remote_field`` is the field as the history names it (its id or its display name).
+        (None, None) when the mapping does not pull that field or the value does not convert
+        (an option since removed from the value map): history is evidence, never a reason to
+        quarantine a record.
+        """
+        rule = self._by_remote.get(remote_field) or self._by_remote.get(remote_field.casefold())
+        if rule is None:
+            return None, None
+        try:
+            return rule.path, rule.pull({rule.remote_id: value})
+        except _Unmappable:
+            return None, None
 
     def rule(self, path: str) -> FieldRule:
         """The rule for a canonical path; KeyError if the file does not map it."""

@@ -431,11 +431,6 @@ def test_the_devlake_issues_become_projects_with_their_stage_history(
     assert len(b.store.links_for_connector("crm")) == len(b.store.links_for_connector("jira"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine writes events from observed diffs only (at = the record's updated "
-    "time); it does not yet turn RemoteRecord.history into events (see the helper's report)",
-)
 def test_the_event_log_holds_the_changelogs_stage_history(
     devlake: Bridge, shared_dir: Path
 ) -> None:

@@ -128,21 +128,32 @@ class SyncEngine:
         force: bool = False,
         full: bool = False,
         progress: Progress | None = None,
+        push_to: Iterable[str] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> SyncReport:
-        """One sync run. ``full`` takes a census (reconciliation) instead of an incremental pull."""
+        """One sync run.
+
+        ``only`` names the connectors pulled (default: all); ``push_to`` those pushed to
+        (default: the same), so a webhook for one tool can pull it alone and still carry its
+        change to every other. ``full`` takes a census (reconciliation) instead of an
+        incremental pull. ``should_stop`` is polled between pages and pushes: when it turns
+        true the run finishes the step at hand, commits and returns (clean shutdown).
+        """
         names = list(only) if only is not None else list(self.connectors)
-        for n in names:
+        targets = list(push_to) if push_to is not None else names
+        for n in [*names, *targets]:
             if n not in self.connectors:
                 raise KeyError(n)
         report = SyncReport(dry_run=dry_run)
         ctx = _RunContext(self, report, dry_run, force, full, progress or (lambda *_: None))
-        for n in names:
+        ctx.should_stop = should_stop or (lambda: False)
+        for n in dict.fromkeys([*names, *targets]):
             report.connectors[n] = ConnectorReport()
-        run_ids = {} if dry_run else {n: self.store.start_run(n) for n in names}
+        run_ids = {} if dry_run else {n: self.store.start_run(n) for n in report.connectors}
         ctx.run_ids = run_ids
         try:
             ctx.pull_all(names)
-            ctx.push_all(names)
+            ctx.push_all(targets)
         except BaseException as exc:  # the run dies: its history must not say "ok"
             for r in report.connectors.values():
                 if r.status == "ok":
@@ -217,6 +228,7 @@ class _RunContext:
         # A cursor past a vanished record is saved only once that record is unlinked: a
         # breaker trip or a crash before then must see the record vanish again next run.
         self.held_cursor: dict[str, Cursor] = {}
+        self.should_stop: Callable[[], bool] = lambda: False
 
     # ------------------------------------------------------------------ reads through overlay
 
@@ -289,6 +301,9 @@ class _RunContext:
                         continue
                     if name in self.pull_failed:
                         continue
+                    if self.should_stop():
+                        self._stop_all("pull")
+                        break
                     try:
                         self._apply_page(name, item, seen[name], vanished[name])
                     except ConnectorError as exc:
@@ -296,6 +311,13 @@ class _RunContext:
                     self.progress(name, "pull", len(item.records))
             finally:
                 stop.set()
+
+    def _stop_all(self, phase: str) -> None:
+        """Asked to stop: what is committed stays; nothing more is pulled or pushed."""
+        for name, r in self.report.connectors.items():
+            self.pull_failed.add(name)
+            if r.status == "ok":
+                r.status, r.error = "stopped", f"stopped during {phase}; resumes next run"
 
     def _pull_error(self, name: str, exc: BaseException) -> None:
         self.pull_failed.add(name)
@@ -372,6 +394,7 @@ class _RunContext:
                 return self._plan_new_project(name, rec, values, pid=pid)
             hub, bases, action = hub_or_none, self.bases(pid, name), "update_project"
         pending = self.pending_fields(pid, name)
+        pushed = self.e.mappings[name].pushed_paths
         new = copy.deepcopy(hub)
         changes: list[Change] = []
         conflicts: list[Decision] = []
@@ -400,10 +423,16 @@ class _RunContext:
                 set_path(new, path, d.value)
                 why = f"changed in {name}" if d.outcome == "take_remote" else f"conflict: {d.how}"
                 changes.append(Change(path, current, d.value, why))
-            if d.value == remote:
+            if d.value == remote or path not in pushed:
+                # The base is what this tool last said. For a field we never write back to
+                # it, that is the tool's value even when the hub kept another: the same value
+                # read again is then no news and raises no conflict again.
                 agreed[path] = remote
+        history = self._history(name, pid, rec, link)
+        if not changes and history:
+            self._stage_time(new, changes, history, when)  # history alone can date a move
         if changes:
-            self._touch(new, changes, rec, when)
+            self._touch(new, changes, rec, when, history)
             try:
                 # The stored JSON form: merges compare it with what tools read back.
                 new = SalesProject.model_validate(new).to_json()
@@ -426,6 +455,7 @@ class _RunContext:
             project=new,
             bases=agreed,
             conflicts=conflicts,
+            history=history,
         )
 
     def _plan_new_project(
@@ -440,7 +470,8 @@ class _RunContext:
         changes = [
             Change(p, None, v, f"new record in {name}") for p, v in values.items() if v is not None
         ]
-        self._touch(data, changes, rec, when)
+        history = self._history(name, data["id"], rec, None)
+        self._touch(data, changes, rec, when, history)
         try:
             project = SalesProject.model_validate(data).to_json()
         except ValidationError as exc:
@@ -462,18 +493,79 @@ class _RunContext:
             record=rec,
             project=project,
             bases=dict(values),
+            history=history,
         )
 
     def _touch(
-        self, data: dict[str, Any], changes: list[Change], rec: RemoteRecord, when: datetime
+        self,
+        data: dict[str, Any],
+        changes: list[Change],
+        rec: RemoteRecord,
+        when: datetime,
+        history: list[Event] = (),  # type: ignore[assignment]
     ) -> None:
-        """Freshness and stage bookkeeping for a hub change that came from a person."""
-        stamp = when.isoformat()
+        """Freshness and stage bookkeeping for a hub change that came from a person.
+
+        ``stage_entered_at`` comes from the tool's own history when it has one (the real time of
+        the move, even between two polls), else from the record's modification time; a mapping
+        that maps ``stage_entered_at`` itself wins over both.
+        """
         data["updated_at"] = self.signpost.isoformat()
-        data["last_meaningful_update_at"] = stamp
+        data["last_meaningful_update_at"] = when.isoformat()
         data["last_meaningful_update_by"] = rec.updated_by
-        if any(c.path == "stage" for c in changes):
-            data["stage_entered_at"] = stamp
+        self._stage_time(data, changes, history, when)
+
+    @staticmethod
+    def _stage_time(
+        data: dict[str, Any], changes: list[Change], history: list[Event], when: datetime
+    ) -> None:
+        if any(c.path == "stage_entered_at" for c in changes):
+            return
+        moves = [e.at for e in history if e.field == "stage" and e.new == data.get("stage")]
+        if moves:
+            data["stage_entered_at"] = max(moves).isoformat()
+        elif any(c.path == "stage" for c in changes):
+            data["stage_entered_at"] = when.isoformat()
+
+    def _history(
+        self, name: str, pid: str, rec: RemoteRecord, link: StoredLink | None
+    ) -> list[Event]:
+        """The tool's own change history, mapped to canonical fields, not yet in the log.
+
+        Entries older than the link's last sync were read before; a crash before that sync
+        committed replays them, so what the log already holds is dropped too.
+        """
+        if not rec.history:
+            return []
+        spec = self.e.mappings[name]
+        since = link.updated_at if link is not None else None
+        out: list[Event] = []
+        for h in rec.history:
+            if since is not None and h.at <= since:
+                continue
+            path, new = spec.history_value(h.field, h.new)
+            if path is None:
+                continue
+            _, old = spec.history_value(h.field, h.old)
+            out.append(
+                Event(
+                    project_id=pid,
+                    at=h.at,
+                    field=path,
+                    old=old,
+                    new=new,
+                    source=name,
+                    meaningful=True,
+                    actor=h.actor,
+                )
+            )
+        if out and link is not None:
+            known = {
+                (e.field, e.at, repr(e.new))
+                for e in self.store.events_for(pid, since=min(e.at for e in out))
+            }
+            out = [e for e in out if (e.field, e.at, repr(e.new)) not in known]
+        return out
 
     def _policy(self, name: str) -> Policy:
         return self.e.mappings[name].sync.conflict_policy or self.e.policy
@@ -520,8 +612,24 @@ class _RunContext:
             return
         assert s.project is not None and s.project_id is not None and s.record is not None
         rec = s.record
-        if s.changes or s.action == "create_project":
+        covered = {e.field for e in s.history}
+        if s.changes or s.action == "create_project" or s.history:
             st.put_project(s.project)
+            if s.history:
+                st.append_events(
+                    Event(
+                        project_id=s.project_id,
+                        at=e.at,
+                        field=e.field,
+                        old=e.old,
+                        new=e.new,
+                        source=e.source,
+                        meaningful=True,
+                        actor=e.actor,
+                        run_id=rid,
+                    )
+                    for e in s.history
+                )
             at = rec.updated_at or self.signpost
             st.append_events(
                 Event(
@@ -536,6 +644,7 @@ class _RunContext:
                     run_id=rid,
                 )
                 for c in s.changes
+                if c.path not in covered  # the tool's history said it, with the real time
             )
         if s.action in ("create_project", "link"):
             st.link(s.project_id, name, rec.ref, rec.version, rec.url)
@@ -602,20 +711,69 @@ class _RunContext:
     # ------------------------------------------------------------------ push
 
     def push_all(self, names: list[str]) -> None:
+        """Plan every push on this thread (store reads only), then write to the tools
+        concurrently, one worker per tool; the workers' store writes take the engine lock."""
         targets = [n for n in names if n not in self.pull_failed]
-        if not targets:
+        if not targets or self.should_stop():
             return
-        with ThreadPoolExecutor(max_workers=min(self.e.max_workers, len(targets))) as pool:
-            for n, fut in [(n, pool.submit(self._plan_pushes, n)) for n in targets]:
-                for step in fut.result():
-                    self.report.plan.steps.append(step)
+        plans = {n: [*self._push_updates(n), *self._push_creates(n)] for n in targets}
+        for steps in plans.values():
+            self.report.plan.steps.extend(steps)
+        busy = [n for n in targets if plans[n]]
+        if not busy:
+            return
+        if self.dry_run:
+            for n in busy:
+                for step in plans[n]:
                     self._execute_push(n, step)
-                    self.progress(n, "push", 1)
+            return
+        with ThreadPoolExecutor(max_workers=min(self.e.max_workers, len(busy))) as pool:
+            for fut in [pool.submit(self._push_one_tool, n, plans[n]) for n in busy]:
+                fut.result()
 
-    def _plan_pushes(self, name: str) -> list[Step]:
-        """Push steps for one connector: updates of linked records, then creates."""
-        with self.e._lock:  # store reads from a worker thread: one at a time
-            return list(self._push_updates(name)) + list(self._push_creates(name))
+    def _push_one_tool(self, name: str, steps: list[Step]) -> None:
+        conn = self.e.connectors[name]
+        batch = getattr(conn, "update_many", None)
+        updates = [s for s in steps if s.action == "push_update"]
+        if callable(batch) and len(updates) > 1:
+            self._push_batch(name, batch, updates)
+            steps = [s for s in steps if s.action != "push_update"]
+        for step in steps:
+            if self.should_stop():
+                self._stop_all("push")
+                return
+            self._execute_push(name, step)
+            self.progress(name, "push", 1)
+
+    def _push_batch(self, name: str, batch: Any, steps: list[Step]) -> None:
+        """One call for many updates, where the tool has a batch API (Salesforce Collections).
+
+        ``update_many({ref: fields})`` returns, per ref, the record as written or the error for
+        that record; a whole-call failure (auth, network) fails the tool for this run.
+        """
+        counts = self.report.connectors[name].counts
+        r = self.report.connectors[name]
+        try:
+            results = batch({s.ref: s.remote_fields for s in steps})
+        except (AuthError, RetriableError) as exc:
+            r.status, r.error = "failed", f"push: {exc}"
+            log.warning("%s: %s", name, r.error)
+            return
+        for s in steps:
+            assert s.ref is not None and s.project_id is not None
+            result = results.get(s.ref)
+            with self.e._lock:
+                if isinstance(result, RemoteRecord):
+                    with self.store.transaction():
+                        self.store.set_bases(s.project_id, name, s.bases)
+                        self.store.update_link_version(name, s.ref, result.version, result.url)
+                    counts["pushed"] += 1
+                elif isinstance(result, StaleVersion):
+                    counts["deferred"] += 1
+                else:
+                    counts["rejected"] += 1
+                    self.store.quarantine(name, s.ref, f"push rejected: {result}", s.remote_fields)
+        self.progress(name, "push", len(steps))
 
     def _links_of(self, name: str) -> list[StoredLink]:
         links = {lk.ref: lk for lk in self.store.links_for_connector(name)}
@@ -718,7 +876,10 @@ class _RunContext:
             return  # the tool failed earlier in this run: leave the rest for the next
         if s.action == "quarantine":
             if not self.dry_run:
-                self.store.quarantine(name, s.ref or "?", s.reason, s.remote_fields.get("payload"))
+                with self.e._lock:
+                    self.store.quarantine(
+                        name, s.ref or "?", s.reason, s.remote_fields.get("payload")
+                    )
             return
         if self.dry_run:
             assert s.project_id is not None
@@ -734,7 +895,7 @@ class _RunContext:
                 rec = conn.update(
                     s.ref, s.remote_fields, expected_version=s.project.get("expected_version")
                 )
-                with self.store.transaction():
+                with self.e._lock, self.store.transaction():
                     self.store.set_bases(s.project_id, name, s.bases)
                     self.store.update_link_version(name, s.ref, rec.version, rec.url)
                 counts["pushed"] += 1
@@ -748,7 +909,7 @@ class _RunContext:
                     s.action = "push_link"
                     rec = found
                     counts["push_linked"] += 1
-                with self.store.transaction():
+                with self.e._lock, self.store.transaction():
                     self.store.link(s.project_id, name, rec.ref, rec.version, rec.url)
                     if found is None:
                         self.store.set_bases(s.project_id, name, s.bases)
@@ -760,7 +921,8 @@ class _RunContext:
         except (FatalError, SkippableRecord) as exc:
             counts["rejected"] += 1
             ref = s.ref or s.project_id
-            self.store.quarantine(name, ref, f"push rejected: {exc}", s.remote_fields)
+            with self.e._lock:
+                self.store.quarantine(name, ref, f"push rejected: {exc}", s.remote_fields)
 
 
 def _parse_time(v: Any) -> datetime | None:

@@ -71,10 +71,13 @@ def merge_field(
         if hub == base:
             return Decision(path, "take_remote", hub, remote, base)
     else:
+        # First sight: an empty side (None, "", [], {}) has nothing to say. A record the bridge
+        # created in a tool reads back empty on a field only another tool fills (comments as
+        # actions, say); that must never wipe the hub.
         base = None
-        if hub is None:
+        if _empty(hub):
             return Decision(path, "take_remote", hub, remote, base)
-        if remote is None:
+        if _empty(remote):
             return Decision(path, "keep_hub", hub, remote, base)
     if owner is not None:
         winner: Side = "remote" if owner == connector else "hub"
@@ -84,3 +87,7 @@ def merge_field(
     if remote_time is not None and (hub_time is None or remote_time > hub_time):
         return Decision(path, "conflict", hub, remote, base, "remote", "newest wins: tool")
     return Decision(path, "conflict", hub, remote, base, "hub", "newest wins: hub")
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}

@@ -51,6 +51,8 @@ class Step:
     bases: dict[str, Any] = field(default_factory=dict)
     conflicts: list[Any] = field(default_factory=list)
     remote_fields: dict[str, Any] = field(default_factory=dict)
+    history: list[Any] = field(default_factory=list)
+    """Events from the tool's own history (real times), written with the step."""
 
     def rows(self) -> list[dict[str, Any]]:
         """Flat rows for the dry-run table: one per field written, or one for the step."""
