@@ -64,6 +64,7 @@ def rules_check(
             calendars=calendars_from_config(loaded.config),
             managers=managers_from_config(loaded.config),
             project_ids=project or None,
+            annotate_lang=loaded.config.language,
         )
     if as_json:
         print_json(report.as_json(language))

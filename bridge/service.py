@@ -218,6 +218,7 @@ class Service:
                 now=self.clock(),
                 calendars=calendars_from_config(self.loaded.config),
                 managers=managers_from_config(self.loaded.config),
+                annotate_lang=self.loaded.config.language,
             )
         log.info(
             "rules: %d project(s) checked, %d open violation(s)",

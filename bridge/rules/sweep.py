@@ -217,9 +217,16 @@ def sweep(
     project_ids: Sequence[str] | None = None,
     page_size: int = 500,
     record_admission: bool = True,
+    annotate_lang: str | None = None,
 ) -> SweepReport:
     """Evaluate the store's projects (all live ones, or ``project_ids``) and record
-    violations, resolutions, escalations and admission decisions. See the module docstring."""
+    violations, resolutions, escalations and admission decisions. See the module docstring.
+
+    With ``annotate_lang``, the short texts of failing rules that annotate are written to the
+    project's ``custom.salesbridge_note`` (cleared when none fail). A mapping that pushes that
+    field carries the note into the tool, where reps work; no default mapping does (off by
+    default). The write is the bridge's own: it never counts as a person's update.
+    """
     now = (now or datetime.now(UTC)).astimezone(UTC)
     cal_of = calendars or (lambda _team: Calendar())
     managers = managers or {}
@@ -249,6 +256,8 @@ def sweep(
         with store.transaction():
             if record_admission:
                 _record_admissions(store, evaluations, now, report)
+            if annotate_lang is not None:
+                _record_notes(store, evaluations, now, annotate_lang)
             for _data, ev in evaluations:
                 report.evaluated += 1
                 report.tracked += ev.admission.tracked
@@ -306,6 +315,54 @@ def _record_admissions(
             )
         )
         report.admissions.append(AdmissionChange(pid, old, new))
+    store.put_projects(updated)
+    store.append_events(events)
+
+
+NOTE_FIELD = "salesbridge_note"
+"""``custom.salesbridge_note``: what the plan asks of a project, for the tools (annotate)."""
+
+
+def _record_notes(
+    store: Store,
+    evaluations: Sequence[tuple[dict[str, Any], Evaluation]],
+    now: datetime,
+    lang: str,
+) -> None:
+    wanted: dict[str, str | None] = {}
+    for data, ev in evaluations:
+        text = "\n".join(ev.annotations(lang)) or None
+        if (data.get("custom") or {}).get(NOTE_FIELD) != text:
+            wanted[ev.project_id] = text
+    if not wanted:
+        return
+    fresh = store.get_projects(list(wanted))  # re-read: never undo a sync's write
+    updated: list[dict[str, Any]] = []
+    events: list[Event] = []
+    for pid, text in wanted.items():
+        row = fresh.get(pid)
+        if row is None:
+            continue
+        custom = dict(row.get("custom") or {})
+        old = custom.get(NOTE_FIELD)
+        if text is None:
+            custom.pop(NOTE_FIELD, None)
+        else:
+            custom[NOTE_FIELD] = text
+        data["custom"] = custom
+        updated.append(data)
+        events.append(
+            Event(
+                project_id=pid,
+                at=now,
+                field=f"custom.{NOTE_FIELD}",
+                old=old,
+                new=text,
+                source=SOURCE,
+                meaningful=False,
+                actor=ACTOR,
+            )
+        )
     store.put_projects(updated)
     store.append_events(events)
 
