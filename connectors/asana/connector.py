@@ -24,6 +24,8 @@ first (one batch request) and raises StaleVersion itself.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import tomllib
@@ -52,6 +54,7 @@ from connectors.base import (
     Schema,
     SkippableRecord,
     StaleVersion,
+    WebhookRejected,
 )
 
 Json = dict[str, Any]
@@ -713,6 +716,83 @@ class AsanaConnector(Connector[AsanaConfig]):
         except FatalError as exc:
             if exc.status != 404:
                 raise
+
+    # ------------------------------------------------------------------ webhooks
+
+    webhook_secrets: tuple[str, ...] = ()
+    """Secrets Asana sent in ``X-Hook-Secret`` handshakes; the service keeps them in its store
+    and sets them here before verifying a delivery."""
+
+    def register_webhook(self, target: str) -> Json:
+        """Watch the project: Asana calls ``target`` with an ``X-Hook-Secret`` handshake first,
+        which the running service must answer. Idempotent: an active webhook on the project
+        with the same target is returned instead of a second one."""
+        for hook in self.list_webhooks():
+            if hook.get("target") == target and hook.get("active", True):
+                return hook
+        body = {"data": {"resource": self.config.project, "target": target}}
+        response = self.http.request("POST", "webhooks", json=body, retry=False)
+        hook = _data(self.http.decode_json(response))
+        if not isinstance(hook, dict):
+            raise FatalError(f"{self.name}: creating the webhook answered {hook!r}")
+        return hook
+
+    def list_webhooks(self) -> list[Json]:
+        """The workspace's webhooks on the synced project."""
+        params = {
+            "workspace": self.config.workspace,
+            "resource": self.config.project,
+            "limit": str(MAX_PAGE),
+        }
+        hooks: list[Json] = []
+        while True:
+            body = self.http.get_json("webhooks", params=params) or {}
+            hooks += [
+                h
+                for h in body.get("data") or []
+                if (h.get("resource") or {}).get("gid") in (None, self.config.project)
+            ]
+            offset = (body.get("next_page") or {}).get("offset")
+            if not offset:
+                return hooks
+            params = {**params, "offset": offset}
+
+    def remove_webhook(self, webhook_id: str) -> bool:
+        """Delete a webhook; False if Asana did not know it."""
+        response = self.http.request("DELETE", f"webhooks/{webhook_id}", expect=(404,))
+        return response.status_code < 400
+
+    @staticmethod
+    def webhook_handshake(headers: Mapping[str, str]) -> str | None:
+        """The secret of Asana's handshake (echo it back in ``X-Hook-Secret``), if it is one."""
+        secret = headers.get("x-hook-secret")
+        return secret or None
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, url: str) -> list[str]:
+        """The tasks a delivery concerns, once ``X-Hook-Signature`` (hex HMAC-SHA256 of the body,
+        keyed with a handshake's secret) proves it came from Asana."""
+        if not self.webhook_secrets:
+            raise WebhookRejected(
+                f"{self.name}: no Asana webhook handshake was recorded; run "
+                f"`salesbridge webhooks register {self.name}` while the service runs"
+            )
+        signature = headers.get("x-hook-signature") or ""
+        if not any(
+            hmac.compare_digest(hmac.new(s.encode(), body, hashlib.sha256).hexdigest(), signature)
+            for s in self.webhook_secrets
+        ):
+            raise WebhookRejected(f"{self.name}: the X-Hook-Signature does not match")
+        try:
+            events = json.loads(body)["events"]
+            refs: list[str] = []
+            for event in events:
+                for key in ("resource", "parent"):
+                    item = event.get(key) or {}
+                    if item.get("resource_type") == "task" and item.get("gid") not in refs:
+                        refs.append(str(item["gid"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise WebhookRejected(f"{self.name}: the delivery is not a list of events") from None
+        return refs
 
     def _changes(self, fields: Mapping[str, Any], meta: _Meta, *, ref: str) -> tuple[Json, Any]:
         """(task body, a function writing subtasks and comments once the task exists)."""

@@ -38,6 +38,9 @@ sent with one ``PUT /issue``; a ``status`` change runs the workflow transitions 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import re
 import threading
@@ -73,6 +76,7 @@ from connectors.base import (
     Schema,
     SkippableRecord,
     StaleVersion,
+    WebhookRejected,
 )
 from connectors.jira.adf import adf_to_markdown, markdown_to_adf
 
@@ -141,6 +145,11 @@ class JiraConfig(ConnectorConfig):
         "none", description="pull sub-tasks as the `subtasks` field shaped as tasks/deliverables"
     )
     changelog: bool = Field(True, description="expand the changelog in pulls (stage history)")
+    webhook_secret: Secret | None = Field(
+        None,
+        description="the secret of the site's webhook (Cloud: Settings > System > WebHooks; "
+        'Data Center 10+: the same), to verify X-Hub-Signature, e.g. "env:JIRA_WEBHOOK_SECRET"',
+    )
 
     @field_validator("url")
     @classmethod
@@ -392,6 +401,32 @@ class JiraConnector(Connector[JiraConfig]):
             client.close()  # type: ignore[no-untyped-call]
         if http is not None:
             http.close()
+
+    # ------------------------------------------------------------------ webhooks
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, url: str) -> list[str]:
+        """The issue a delivery concerns, once ``X-Hub-Signature: sha256=<hex>`` (HMAC-SHA256
+        of the body, keyed with ``webhook_secret``) proves it came from the site.
+
+        Registration is done in Jira (admin UI, or ``/rest/api/3/webhook`` for Connect and
+        OAuth apps; Data Center ``/rest/webhooks/1.0/webhook``) with the receiver's URL
+        ``<public_url>/webhooks/<connector>`` and the same secret."""
+        if self.config.webhook_secret is None:
+            raise WebhookRejected(f"{self.name}: set webhook_secret to receive Jira webhooks")
+        scheme, _, signature = (headers.get("x-hub-signature") or "").partition("=")
+        key = self.config.webhook_secret.reveal().encode()
+        expected = hmac.new(key, body, hashlib.sha256).hexdigest()
+        if scheme.lower() != "sha256" or not hmac.compare_digest(expected, signature.lower()):
+            raise WebhookRejected(f"{self.name}: the X-Hub-Signature does not match")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise WebhookRejected(f"{self.name}: the delivery is not JSON") from None
+        if not isinstance(payload, dict):
+            raise WebhookRejected(f"{self.name}: the delivery is not a Jira event")
+        issue = payload.get("issue")
+        key_ = issue.get("key") if isinstance(issue, dict) else None
+        return [key_] if isinstance(key_, str) else []
 
     # ------------------------------------------------------------------ reading
 

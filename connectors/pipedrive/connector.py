@@ -56,6 +56,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from bridge.errors import UserError
 from bridge.http import Auth, HttpClient
 from bridge.secrets import Secret
 from connectors.base import (
@@ -71,6 +72,7 @@ from connectors.base import (
     Schema,
     SkippableRecord,
     StaleVersion,
+    WebhookRejected,
     parse_duration,
 )
 
@@ -163,6 +165,14 @@ class PipedriveConfig(ConnectorConfig):
     activities: bool = Field(True, description="read activities (actions, next steps)")
     metadata_ttl: timedelta = Field(
         timedelta(minutes=10), description="how long users, stages and fields are cached"
+    )
+    webhook_user: str = Field(
+        "salesbridge", description="basic-auth user Pipedrive sends with webhook deliveries"
+    )
+    webhook_password: Secret | None = Field(
+        None,
+        description='basic-auth password of webhook deliveries, e.g. "env:PIPEDRIVE_HOOK_PASSWORD"'
+        " (unset: webhooks are refused)",
     )
 
     @field_validator("metadata_ttl", mode="before")
@@ -481,13 +491,32 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         self,
         url: str,
         *,
-        username: str,
-        password: str,
+        username: str | None = None,
+        password: str | None = None,
         event_object: str = "deal",
         event_action: str = "*",
         name: str = "salesbridge",
     ) -> Row:
-        """Ask Pipedrive to POST changes to ``url`` with these basic-auth credentials."""
+        """Ask Pipedrive to POST changes to ``url`` with these basic-auth credentials (default:
+        ``webhook_user`` and ``webhook_password``). Idempotent: a webhook already sending the
+        same events to ``url`` is returned instead of adding a second one."""
+        if username is None:
+            username = self.config.webhook_user
+        if password is None:
+            if self.config.webhook_password is None:
+                raise UserError(
+                    f"connectors.{self.name}.webhook_password is not set: Pipedrive deliveries "
+                    "would carry no credentials the receiver can check"
+                )
+            password = self.config.webhook_password.reveal()
+        for known in self.list_webhooks():
+            if (
+                known.get("subscription_url") == url
+                and known.get("event_object") == event_object
+                and known.get("event_action") == event_action
+                and known.get("http_auth_user") in (None, username)
+            ):
+                return known
         payload = {
             "subscription_url": url,
             "event_action": event_action,
@@ -507,6 +536,30 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         """Remove a webhook; False if Pipedrive did not know it."""
         response = self.http.request("DELETE", f"{V1}webhooks/{webhook_id}", expect=(404, 410))
         return response.status_code < 400
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, url: str) -> list[str]:
+        """The deal a delivery concerns, once its basic auth matches ``webhook_user`` and
+        ``webhook_password`` (Pipedrive signs nothing: the credentials are the proof)."""
+        if self.config.webhook_password is None:
+            raise WebhookRejected(
+                f"{self.name}: set webhook_password to receive Pipedrive webhooks"
+            )
+        if not self.webhook_authorized(
+            headers.get("authorization"),
+            self.config.webhook_user,
+            self.config.webhook_password.reveal(),
+        ):
+            raise WebhookRejected(
+                f"{self.name}: the delivery's basic-auth credentials do not match"
+            )
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise WebhookRejected(f"{self.name}: the delivery is not JSON") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("meta"), dict):
+            raise WebhookRejected(f"{self.name}: the delivery has no meta object")
+        ref = self.webhook_ref(payload)
+        return [ref] if ref is not None else []
 
     @staticmethod
     def webhook_authorized(authorization: str | None, username: str, password: str) -> bool:

@@ -341,6 +341,17 @@ class TrelloConnector(Connector[TrelloConfig]):
             ids.append(existing[(board, callback_url)])
         return ids
 
+    def list_webhooks(self) -> list[Json]:
+        """The webhooks of the syncing token (every model, every callback URL)."""
+        token = self.config.token.reveal()
+        hooks: list[Json] = self.http.get_json(f"tokens/{token}/webhooks") or []
+        return hooks
+
+    def remove_webhook(self, webhook_id: str) -> bool:
+        """Delete a webhook; False if Trello did not know it."""
+        response = self.http.request("DELETE", f"webhooks/{webhook_id}", expect=(400, 404))
+        return response.status_code < 400
+
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, url: str) -> list[str]:
         """The card a delivery concerns, once ``X-Trello-Webhook`` proves it came from Trello
         (base64 HMAC-SHA1 of body + callback URL, keyed with the application secret)."""
