@@ -352,6 +352,11 @@ class _RunContext:
             if live and not self.full and link is not None and link.version == rec.version:
                 counts["unchanged"] += 1
                 continue
+            if link is not None and not live and link.version == rec.version:
+                # The very revision we unlinked (a read from before its archiving, within
+                # this run): not a record coming back. A new revision does come back.
+                counts["unchanged"] += 1
+                continue
             try:
                 values = spec.to_canonical(rec)
             except SkippableRecord as exc:
@@ -694,14 +699,51 @@ class _RunContext:
             self.report.connectors[name].counts["unlinked"] += 1
             if self.dry_run:
                 self.overlay.links[(name, lk.ref)] = None
+                self._delete_elsewhere(name, lk.project_id)
                 continue
             with self.store.transaction():
                 self.store.unlink(name, lk.ref)
+            self._delete_elsewhere(name, lk.project_id)
+            with self.store.transaction():
                 if not self.store.links_for_project(lk.project_id):
                     self.store.tombstone_project(lk.project_id)
         self._release_cursor(name)
         if not self.dry_run and self.force:
             self.store.clear_alerts(name, "breaker")
+
+    def _delete_elsewhere(self, source: str, pid: str) -> None:
+        """Archive the project's records in tools whose mapping opts in (``delete_in_tool``).
+
+        Off by default: a record vanishing in one tool is a reason to stop syncing it, not to
+        destroy data in another. A tool that refuses keeps its link; the next run retries.
+        """
+        for other in self.store.links_for_project(pid):
+            spec = self.e.mappings.get(other.connector)
+            if other.connector == source or spec is None or not spec.sync.delete_in_tool:
+                continue
+            try:
+                if not self.dry_run:
+                    self.e.connectors[other.connector].archive(other.ref)
+            except ConnectorError as exc:
+                log.warning("%s: could not archive %s: %s", other.connector, other.ref, exc)
+                continue
+            self.report.connectors.setdefault(other.connector, ConnectorReport())
+            self.report.connectors[other.connector].counts["archived"] += 1
+            self.report.plan.steps.append(
+                Step(
+                    "unlink",
+                    other.connector,
+                    other.connector,
+                    other.ref,
+                    pid,
+                    reason=f"archived: the record vanished in {source} (delete_in_tool)",
+                )
+            )
+            if self.dry_run:
+                self.overlay.links[(other.connector, other.ref)] = None
+                continue
+            with self.store.transaction():
+                self.store.unlink(other.connector, other.ref)
 
     def _release_cursor(self, name: str) -> None:
         held = self.held_cursor.pop(name, None)
