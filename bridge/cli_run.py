@@ -47,6 +47,9 @@ def run(
         if log_format not in ("human", "json"):
             raise UserError(f"--log-format must be human or json, not {log_format!r}")
         set_format("json" if log_format == "json" else "human")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # One line per job run is noise next to ours ("sync started/finished").
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
     loaded = load(config)
     svc_cfg = loaded.config.service
     names = connector or [n for n, c in loaded.connectors.items() if c.enabled]

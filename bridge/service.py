@@ -113,6 +113,8 @@ class ConnectorHealth:
     last_ok: datetime | None = None
     result: str = "never"
     error: str | None = None
+    pulled: bool = False
+    """A cycle has pulled this connector (readiness: its records are in the hub)."""
 
 
 @dataclass
@@ -252,6 +254,7 @@ class Service:
             h.last_run, h.result, h.error = now, rep.status, rep.error
             if rep.status == "ok":
                 h.last_ok = now
+                h.pulled = h.pulled or name in names
             self.metrics.cycles.labels(name, rep.status).inc()
             self.metrics.duration.labels(name).observe(elapsed)
             self.metrics.conflicts.labels(name).inc(rep.counts.get("conflicts", 0))
@@ -425,7 +428,7 @@ class Service:
         now = self.clock()
         connectors = {
             n: {
-                "ready": h.result == "ok",
+                "ready": h.pulled and h.result == "ok",
                 "result": h.result,
                 "last_run": h.last_run.isoformat() if h.last_run else None,
                 "last_ok": h.last_ok.isoformat() if h.last_ok else None,
@@ -455,10 +458,8 @@ class Service:
     def _refresh_gauges(self) -> None:
         now = self.clock()
         for name, conn in self.rt.connectors.items():
-            counter = getattr(conn, "requests", None)
-            if not hasattr(counter, "snapshot"):
-                counter = getattr(getattr(conn, "_http", None), "counter", None)
-            if counter is not None and hasattr(counter, "snapshot"):
+            counter = _request_counter(conn)
+            if counter is not None:
                 stats = counter.snapshot()
                 self.metrics.requests.labels(name).set(stats.total)
                 self.metrics.rate_limited.labels(name).set(stats.rate_limited)
@@ -591,6 +592,18 @@ class Service:
         # The run lock is free once the last step has committed.
         if self._run_lock.acquire(timeout=STOP_TIMEOUT):
             self._run_lock.release()
+
+
+def _request_counter(conn: object) -> Any:
+    """The connector's RequestCounter, wherever that connector keeps it (None if nowhere)."""
+    for candidate in (
+        getattr(conn, "counter", None),
+        getattr(conn, "requests", None),
+        getattr(getattr(conn, "_http", None), "counter", None),
+    ):
+        if hasattr(candidate, "snapshot"):
+            return candidate
+    return None
 
 
 @contextlib.contextmanager
