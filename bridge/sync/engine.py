@@ -43,7 +43,7 @@ from bridge.errors import (
 from bridge.mapping import MappingSpec
 from bridge.model import SalesProject, get_path, new_project_id, set_path
 from bridge.store import Store
-from bridge.store.store import Event, StoredLink
+from bridge.store.store import Event, NewLink, StoredLink
 from bridge.sync.merge import NO_BASE, Decision, Policy, merge_field
 from bridge.sync.plan import Action, Change, Plan, Step
 from connectors.base import Connector, ConnectorConfig, Cursor, Page, RemoteRecord
@@ -85,6 +85,21 @@ class _Overlay:
         self.projects: dict[str, dict[str, Any]] = {}
         self.bases: dict[tuple[str, str], dict[str, Any]] = {}
         self.links: dict[tuple[str, str], StoredLink | None] = {}
+
+
+@dataclass
+class _PageReads:
+    """Store reads for one pulled page, made in a few batched queries before it is planned.
+
+    Nothing is written while a page is planned (its steps execute after), so these equal what
+    per-record reads would return. Keys absent here fall through to the store.
+    """
+
+    connector: str
+    links: dict[str, StoredLink | None] = field(default_factory=dict)
+    projects: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    bases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pending: dict[str, set[str]] | None = None
 
 
 class SyncEngine:
@@ -229,30 +244,78 @@ class _RunContext:
         # breaker trip or a crash before then must see the record vanish again next run.
         self.held_cursor: dict[str, Cursor] = {}
         self.should_stop: Callable[[], bool] = lambda: False
+        self.page: _PageReads | None = None
 
     # ------------------------------------------------------------------ reads through overlay
 
     def project(self, pid: str) -> dict[str, Any] | None:
         if pid in self.overlay.projects:
             return self.overlay.projects[pid]
+        if self.page is not None and pid in self.page.projects:
+            return self.page.projects[pid]
         return self.store.get_project(pid, include_tombstoned=False)
 
     def bases(self, pid: str, connector: str) -> dict[str, Any]:
         key = (pid, connector)
         if key in self.overlay.bases:
             return self.overlay.bases[key]
+        page = self.page
+        if page is not None and page.connector == connector and pid in page.bases:
+            return page.bases[pid]
         return self.store.get_bases(pid, connector)
 
     def link(self, connector: str, ref: str) -> StoredLink | None:
         key = (connector, ref)
         if key in self.overlay.links:
             return self.overlay.links[key]
+        page = self.page
+        if page is not None and page.connector == connector and ref in page.links:
+            return page.links[ref]
         return self.store.get_link(connector, ref)
 
     def pending_fields(self, pid: str, connector: str) -> set[str]:
+        page = self.page
+        if page is not None and page.connector == connector and page.pending is not None:
+            return set(page.pending.get(pid, ()))
         return {
             c.field for c in self.store.list_conflicts(True, project_id=pid, connector=connector)
         }
+
+    def _read_page(self, name: str, page: Page) -> _PageReads:
+        """Links, projects, bases and pending conflicts of a page's records, batched."""
+        reads = _PageReads(name)
+        refs = [r.ref for r in page.records if (name, r.ref) not in self.overlay.links]
+        if refs:
+            found = self.store.get_links(name, refs)
+            reads.links = {ref: found.get(ref) for ref in refs}
+        linked: set[str] = set()
+        wanted: set[str] = set()
+        for rec in page.records:
+            if rec.deleted:
+                continue
+            key = (name, rec.ref)
+            lk = self.overlay.links[key] if key in self.overlay.links else reads.links[rec.ref]
+            if lk is not None and lk.live:
+                if not self.full and lk.version == rec.version:
+                    continue  # unchanged: nothing more is read for it
+                linked.add(lk.project_id)
+                wanted.add(lk.project_id)
+            elif rec.stamp:
+                wanted.add(rec.stamp)
+        ids = [pid for pid in wanted if pid not in self.overlay.projects]
+        if ids:
+            got = self.store.get_projects(ids, include_tombstoned=False)
+            reads.projects = {pid: got.get(pid) for pid in ids}
+        ids = [pid for pid in linked if (pid, name) not in self.overlay.bases]
+        if ids:
+            got_bases = self.store.get_bases_many(name, ids)
+            reads.bases = {pid: got_bases.get(pid, {}) for pid in ids}
+        if wanted:
+            pending: dict[str, set[str]] = {}
+            for c in self.store.list_conflicts(True, connector=name):
+                pending.setdefault(c.project_id, set()).add(c.field)
+            reads.pending = pending
+        return reads
 
     # ------------------------------------------------------------------ pull
 
@@ -335,10 +398,29 @@ class _RunContext:
         self, name: str, page: Page, seen: set[str], vanished: list[StoredLink]
     ) -> None:
         spec = self.e.mappings[name]
-        counts = self.report.connectors[name].counts
         steps: list[Step] = []
         for bad in page.skipped:
             steps.append(self._quarantine_step(name, bad))
+        self.page = self._read_page(name, page)
+        try:
+            self._plan_page(name, page, spec, steps, seen, vanished)
+            links = self.page.links
+        finally:
+            self.page = None
+        for s in steps:
+            self.report.plan.steps.append(s)
+        self._execute_pull_steps(name, steps, page, hold=bool(vanished), links=links)
+
+    def _plan_page(
+        self,
+        name: str,
+        page: Page,
+        spec: MappingSpec,
+        steps: list[Step],
+        seen: set[str],
+        vanished: list[StoredLink],
+    ) -> None:
+        counts = self.report.connectors[name].counts
         for rec in page.records:
             seen.add(rec.ref)
             counts["pulled"] += 1
@@ -365,9 +447,6 @@ class _RunContext:
             step = self._plan_record(name, rec, values, link if live else None)
             if step is not None:
                 steps.append(step)
-        for s in steps:
-            self.report.plan.steps.append(s)
-        self._execute_pull_steps(name, steps, page, hold=bool(vanished))
 
     def _quarantine_step(self, name: str, exc: SkippableRecord) -> Step:
         self.report.connectors[name].counts["quarantined"] += 1
@@ -576,7 +655,13 @@ class _RunContext:
         return self.e.mappings[name].sync.conflict_policy or self.e.policy
 
     def _execute_pull_steps(
-        self, name: str, steps: list[Step], page: Page, *, hold: bool = False
+        self,
+        name: str,
+        steps: list[Step],
+        page: Page,
+        *,
+        hold: bool = False,
+        links: Mapping[str, StoredLink | None] | None = None,
     ) -> None:
         if hold and page.cursor is not None:
             self.held_cursor[name] = page.cursor
@@ -586,10 +671,116 @@ class _RunContext:
             return
         rid = self.run_ids.get(name)
         with self.store.transaction():
-            for s in steps:
-                self._store_step(name, s, rid)
+            if links is not None and self._batchable(steps):
+                self._store_steps(name, steps, rid, links)
+            else:
+                for s in steps:
+                    self._store_step(name, s, rid)
             if page.cursor is not None and not hold:
                 self.store.save_cursor(name, page.cursor)
+
+    @staticmethod
+    def _batchable(steps: list[Step]) -> bool:
+        """A page's steps can be written kind by kind (a few statements for the whole page)
+        unless a quarantined ref also synced in it, where the order of the two matters."""
+        quarantined = {s.ref for s in steps if s.action == "quarantine"}
+        return not quarantined or all(
+            s.ref not in quarantined for s in steps if s.action != "quarantine"
+        )
+
+    def _store_steps(
+        self, name: str, steps: list[Step], rid: int | None, links: Mapping[str, StoredLink | None]
+    ) -> None:
+        """What :meth:`_store_step` writes for each step, in one batch per kind of write.
+
+        Inside the page's transaction the outcome is the same as step by step: projects,
+        then events (in step order), links, version updates, bases (merged in step order),
+        conflicts and resolved quarantine entries.
+        """
+        st = self.store
+        projects: list[dict[str, Any]] = []
+        events: list[Event] = []
+        new_links: list[NewLink] = []
+        seen: dict[str, tuple[str | None, str | None]] = {}  # ref -> (version, url), last wins
+        bases: dict[str, dict[str, Any]] = {}
+        synced: list[str] = []
+        for s in steps:
+            if s.action == "quarantine":
+                st.quarantine(name, s.ref or "?", s.reason, s.remote_fields.get("payload"))
+                continue
+            assert s.project is not None and s.project_id is not None and s.record is not None
+            rec = s.record
+            if s.changes or s.action == "create_project" or s.history:
+                projects.append(s.project)
+                events += self._step_events(name, s, rid)
+            if s.action in ("create_project", "link"):
+                new_links.append(NewLink(s.project_id, name, rec.ref, rec.version, rec.url))
+            else:
+                seen[rec.ref] = (rec.version, rec.url)
+            if s.bases:
+                bases.setdefault(s.project_id, {}).update(s.bases)
+            synced.append(rec.ref)
+        st.put_projects(projects)
+        st.append_events(events)
+        st.link_many(new_links)
+        versions: dict[str, str | None] = {}
+        for ref, (version, url) in seen.items():
+            known = links.get(ref)
+            if known is not None and known.url == url:
+                versions[ref] = version
+            else:  # the URL changed: written on its own
+                st.update_link_version(name, ref, version, url)
+        st.update_link_versions(name, versions)
+        st.set_bases_many(name, bases)
+        for s in steps:
+            for d in s.conflicts:
+                assert s.project_id is not None
+                cid = st.add_conflict(
+                    s.project_id, name, d.path, hub=d.hub, remote=d.remote, base=d.base,
+                    policy=d.how,
+                )  # fmt: skip
+                if d.winner is not None:
+                    st.resolve_conflict(cid, d.winner, d.value, by="policy")
+        if synced:
+            st.resolve_quarantined(name, synced)
+
+    def _step_events(self, name: str, s: Step, rid: int | None) -> list[Event]:
+        """The events one pulled step appends: the tool's own history, then the changes its
+        history did not already say (those carry the record's modification time)."""
+        assert s.project_id is not None and s.record is not None
+        rec = s.record
+        covered = {e.field for e in s.history}
+        out = [
+            Event(
+                project_id=s.project_id,
+                at=e.at,
+                field=e.field,
+                old=e.old,
+                new=e.new,
+                source=e.source,
+                meaningful=True,
+                actor=e.actor,
+                run_id=rid,
+            )
+            for e in s.history
+        ]
+        at = rec.updated_at or self.signpost
+        out += [
+            Event(
+                project_id=s.project_id,
+                at=at,
+                field=c.path,
+                old=c.old,
+                new=c.new,
+                source=name,
+                meaningful=True,
+                actor=rec.updated_by,
+                run_id=rid,
+            )
+            for c in s.changes
+            if c.path not in covered  # the tool's history said it, with the real time
+        ]
+        return out
 
     def _overlay_step(self, name: str, s: Step) -> None:
         if s.action == "quarantine" or s.project is None or s.project_id is None:
