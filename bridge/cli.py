@@ -383,4 +383,4 @@ def main() -> None:
 
 
 # Commands defined in other modules register themselves on `app` when imported.
-from bridge import cli_emulate, cli_rules, cli_run, cli_sync, demo  # noqa: E402, F401
+from bridge import cli_digest, cli_emulate, cli_rules, cli_run, cli_sync, demo  # noqa: E402, F401
