@@ -315,7 +315,9 @@ def test_an_expired_token_is_a_clear_error_and_changes_nothing(bridge: Bridge) -
     cursor = b.store.get_cursor("jira")
     b.edit_crm(ref, name="changed while the token expired")
     b.jira.close()
-    b.jira._environ = {"JIRA_TOKEN": "expired"}
+    b.jira._environ = {
+        "JIRA_TOKEN": "expired-token-7f3a9c"
+    }  # never a plain word: secrets are redacted process-wide
     report = b.sync()
     jira = report.connectors["jira"]
     assert jira.status == "failed"
