@@ -152,6 +152,7 @@ class AsanaState:
         self._last = datetime(2000, 1, 1, tzinfo=UTC)
         self.users: dict[str, Json] = {}
         self.workspaces: dict[str, Json] = {}
+        self.teams: dict[str, Json] = {}
         self.projects: dict[str, Json] = {}
         self.sections: dict[str, Json] = {}
         self.custom_fields: dict[str, Json] = {}
@@ -194,7 +195,15 @@ class AsanaState:
             self.workspaces[gid] = {"gid": gid, "name": name, "users": list(self.users)}
             return gid
 
-    def add_project(self, workspace: str, name: str, gid: str | None = None) -> str:
+    def add_team(self, workspace: str, name: str, gid: str | None = None) -> str:
+        with self.lock:
+            gid = gid or self.gid()
+            self.teams[gid] = {"gid": gid, "name": name, "workspace": workspace}
+            return gid
+
+    def add_project(
+        self, workspace: str, name: str, gid: str | None = None, *, team: str | None = None
+    ) -> str:
         with self.lock:
             gid = gid or self.gid()
             now = self.now()
@@ -202,6 +211,12 @@ class AsanaState:
                 "gid": gid,
                 "name": name,
                 "workspace": workspace,
+                "team": team,
+                "owner": None,
+                "due_on": None,
+                "start_on": None,
+                "completed": False,
+                "completed_at": None,
                 "created_at": now,
                 "modified_at": now,
                 "archived": False,
@@ -285,6 +300,8 @@ class AsanaState:
             ("GET", "/workspaces", self.list_workspaces),
             ("GET", f"/workspaces/{g}", self.get_workspace),
             ("GET", "/projects", self.list_projects),
+            ("GET", f"/teams/{g}", self.get_team),
+            ("GET", f"/teams/{g}/projects", self.list_team_projects),
             ("GET", f"/workspaces/{g}/projects", self.list_projects),
             ("POST", "/projects", self.create_project),
             ("GET", f"/projects/{g}", self.get_project),
@@ -491,14 +508,22 @@ class AsanaState:
             },
         }
 
+    def _team_compact(self, gid: str) -> Json:
+        return {"gid": gid, "resource_type": "team", "name": self.teams[gid]["name"]}
+
     def _project_full(self, gid: str) -> Json:
         p = self.projects[gid]
-        return {
+        out: Json = {
             "gid": gid,
             "resource_type": "project",
             "name": p["name"],
             "notes": p["notes"],
             "archived": p["archived"],
+            "completed": p.get("completed", False),
+            "completed_at": p.get("completed_at"),
+            "due_on": p.get("due_on"),
+            "start_on": p.get("start_on"),
+            "owner": self._user_out(p.get("owner")),
             "created_at": p["created_at"],
             "modified_at": p["modified_at"],
             "workspace": self._ws_compact(p["workspace"]),
@@ -506,6 +531,9 @@ class AsanaState:
             "custom_field_settings": [self._setting(gid, f) for f in p["settings"]],
             "permalink_url": f"https://app.asana.com/0/{gid}/list",
         }
+        if p.get("team"):
+            out["team"] = self._team_compact(p["team"])
+        return out
 
     def _setting(self, project: str, field_gid: str) -> Json:
         return {
@@ -695,12 +723,28 @@ class AsanaState:
 
     def list_projects(self, q: Query, g: tuple[str, ...]) -> Json:
         ws = g[0] if g else q.params.get("workspace")
+        team = q.params.get("team")
+        if team is not None:
+            self._need(self.teams, team, "team")
+        archived = q.params.get("archived")
         items = [
             self._shape(self._project_full(p), q, single=False)
             for p, v in self.projects.items()
-            if (ws is None or v["workspace"] == ws) and not v.get("deleted")
+            if (ws is None or v["workspace"] == ws)
+            and (team is None or v.get("team") == team)
+            and (archived is None or str(v["archived"]).lower() == archived.lower())
+            and not v.get("deleted")
         ]
         return self._page(items, q)
+
+    def get_team(self, q: Query, g: tuple[str, ...]) -> Json:
+        t = self._need(self.teams, g[0], "team")
+        full = {**self._team_compact(g[0]), "organization": self._ws_compact(t["workspace"])}
+        return {"data": self._shape(full, q, single=True)}
+
+    def list_team_projects(self, q: Query, g: tuple[str, ...]) -> Json:
+        self._need(self.teams, g[0], "team")
+        return self.list_projects(Query({**q.params, "team": g[0]}, q.body, q.user, q.path), ())
 
     def get_project(self, q: Query, g: tuple[str, ...]) -> Json:
         self._need(self.projects, g[0], "project")
@@ -710,7 +754,10 @@ class AsanaState:
         ws = q.body.get("workspace")
         if not ws or ws not in self.workspaces:
             raise ApiError(400, "workspace: Missing input")
-        gid = self.add_project(ws, str(q.body.get("name", "")))
+        team = q.body.get("team")
+        if team is not None and (team not in self.teams or self.teams[team]["workspace"] != ws):
+            raise ApiError(400, f"team: Unknown object: {team}")
+        gid = self.add_project(ws, str(q.body.get("name", "")), team=team)
         self._write_project(gid, q)
         return 201, {"data": self._shape(self._project_full(gid), q, single=True)}
 
@@ -724,6 +771,19 @@ class AsanaState:
         for key in ("name", "notes", "archived"):
             if key in q.body:
                 p[key] = q.body[key]
+        for key in ("due_on", "start_on"):
+            if key in q.body:
+                value = q.body[key]
+                if value is not None and not _is_date(value):
+                    raise ApiError(400, f"{key}: Not a valid date: {value!r}")
+                p[key] = value
+        if "owner" in q.body:
+            p["owner"] = self._user_ref(q.body["owner"], q.user, "owner")
+        if "completed" in q.body:
+            done = bool(q.body["completed"])
+            if done != p.get("completed"):
+                p["completed_at"] = self.now() if done else None
+            p["completed"] = done
         if "custom_fields" in q.body:
             p["values"].update(self._field_values(q.body["custom_fields"], p["settings"]))
         p["modified_at"] = self.now()
