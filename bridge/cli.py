@@ -8,7 +8,6 @@ A UserError is printed as advice (file, key, fix) without a traceback.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -85,28 +84,22 @@ def _root(
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning or error.")
     ] = "warning",
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="human or json (one object per line).")
+    ] = "human",
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
 ) -> None:
     if version:
         typer.echo(f"salesbridge {__version__}")
         raise typer.Exit(0)
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
 
 
-def configure_logging(level: str) -> None:
-    """Human-readable logs on stderr, with secrets redacted from every record.
+def configure_logging(level: str, fmt: str = "human") -> None:
+    """Logs on stderr with secrets redacted from every record (see bridge/logs.py)."""
+    from bridge.logs import configure_logging as configure
 
-    The filter sits on the handler, not a logger, so records from other libraries (urllib3
-    logs full URLs with query tokens at DEBUG) are redacted too.
-    """
-    from bridge.http import RedactingFilter
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.WARNING))
+    configure(level, "json" if fmt == "json" else "human")
 
 
 # --------------------------------------------------------------------------- schema
@@ -383,4 +376,12 @@ def main() -> None:
 
 
 # Commands defined in other modules register themselves on `app` when imported.
-from bridge import cli_digest, cli_emulate, cli_rules, cli_run, cli_sync, demo  # noqa: E402, F401
+from bridge import (  # noqa: E402, F401
+    cli_digest,
+    cli_emulate,
+    cli_rules,
+    cli_run,
+    cli_sync,
+    cli_webhooks,
+    demo,
+)

@@ -203,6 +203,8 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
                     "alerts": [a.message for a in store.open_alerts(name)],
                 }
             )
+        # Alerts of the service's own jobs (rule sweep, digests) are kept under "service".
+        service_alerts = [a.message for a in store.open_alerts("service")]
     if as_json:
         print_json(rows)
         return
@@ -232,6 +234,8 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     for r in rows:
         for msg in r["alerts"]:
             out.print(f"[red]alert[/red] {r['connector']}: {msg}")
+    for msg in service_alerts:
+        out.print(f"[red]alert[/red] service: {msg}")
 
 
 @conflicts_app.command("list")
