@@ -1174,6 +1174,116 @@ def test_users_are_found_by_account_or_name(site: Site) -> None:
         )
 
 
+def test_user_lists_page_through_everyone(site: Site) -> None:
+    """Cloud lists accounts with /users/search; both list assignable users of a project;
+    Data Center lists everyone through /user/search?username=. (it has no /users/search)."""
+    a, em = api(site), site.em
+    carol = em.add_user(JiraUser("5b10a2844c20165700ede333", "Carol Gone", None, "carol"))
+    carol.active = False
+    everyone = ["Alice Chen", "Bob Stone", "Carol Gone"]
+    assignable = site.get(a + "/user/assignable/search", params={"project": "SALES"})
+    assert [u["displayName"] for u in assignable] == everyone[:2], "inactive: not assignable"
+    term = {"query": "bob"} if em.mode == "cloud" else {"username": "bob"}
+    found = site.get(a + "/user/assignable/search", params={"project": "SALES", **term})
+    assert [u["displayName"] for u in found] == ["Bob Stone"]
+    by_issue = em.add_issue("SALES", {"summary": "Assign me"})
+    found = site.get(a + "/user/assignable/search", params={"issueKey": by_issue, **term})
+    assert [u["displayName"] for u in found] == ["Bob Stone"]
+    assert site.call("GET", a + "/user/assignable/search").status_code == 400
+    missing = site.call("GET", a + "/user/assignable/search", params={"project": "NOPE"})
+    assert missing.status_code == 404 and missing.json()["errorMessages"]
+    if em.mode == "cloud":
+        pages = [
+            site.get(a + "/users/search", params={"startAt": start, "maxResults": 2})
+            for start in (0, 2, 4)
+        ]
+        assert [[u["displayName"] for u in p] for p in pages] == [everyone[:2], everyone[2:], []]
+        assert all("accountId" in u and "name" not in u for p in pages for u in p)
+        assert pages[1][0]["active"] is False and "emailAddress" not in pages[1][0]
+    else:
+        assert site.call("GET", a + "/users/search").status_code == 404
+        listed = site.get(a + "/user/search", params={"username": ".", "maxResults": 1000})
+        assert [u["name"] for u in listed] == ["alice", "bob", "carol"]
+        assert all("accountId" not in u for u in listed)
+
+
+def test_jira_package_lists_assignable_users(cloud: Site) -> None:
+    client = cloud.client()
+    try:
+        found = client.search_assignable_users_for_issues(query="alice", project="SALES")
+        assert [u.accountId for u in found] == [ALICE.account_id]
+    finally:
+        client.close()
+
+
+def test_sub_tasks_show_in_their_parent(site: Site, clock: FixedClock) -> None:
+    """A sub-task names its parent when created; the parent's ``subtasks`` then lists it live
+    (id, key, self, summary, status, priority, issue type) without changing the parent's
+    ``updated``, and the sub-task's ``parent`` shows the parent the same way."""
+    a, em = api(site), site.em
+    kind = em.add_subtask_type("SALES")
+    assert kind["subtask"] is True and kind["hierarchyLevel"] == -1
+    parent = em.add_issue("SALES", {"summary": "Acme rollout"}, author=ALICE)
+    before = site.get(f"{a}/issue/{parent}")["fields"]["updated"]
+    assert site.get(f"{a}/issue/{parent}")["fields"]["subtasks"] == []
+    clock.advance(minutes=1)
+    created = site.call(
+        "POST",
+        a + "/issue",
+        json={
+            "fields": {
+                "project": {"key": "SALES"},
+                "issuetype": {"name": "Sub-task"},
+                "parent": {"key": parent},
+                "summary": "Needs analysis",
+            }
+        },
+    )
+    assert created.status_code == 201, created.text
+    child = created.json()
+    second = em.add_issue("SALES", {"summary": "Proposal", "parent": parent}, issue_type="Sub-task")
+    shown = site.get(f"{a}/issue/{parent}")["fields"]
+    assert shown["updated"] == before, "Jira does not touch a parent when a sub-task changes"
+    first = shown["subtasks"][0]
+    assert [s["key"] for s in shown["subtasks"]] == [child["key"], second]
+    assert (first["id"], first["self"]) == (
+        child["id"],
+        f"{site.url}/rest/api/2/issue/{child['id']}",
+    )
+    assert set(first["fields"]) == {"summary", "status", "priority", "issuetype"}
+    assert first["fields"]["summary"] == "Needs analysis"
+    assert first["fields"]["status"]["name"] == "To Do", "sub-tasks have their own workflow"
+    assert first["fields"]["issuetype"]["subtask"] is True
+    sub = site.get(f"{a}/issue/{child['key']}")["fields"]
+    assert sub["parent"]["key"] == parent and sub["parent"]["fields"]["summary"] == "Acme rollout"
+    assert sub["subtasks"] == []
+    assert "parent" not in shown, "an issue without a parent shows no parent field"
+
+    moves = site.get(f"{a}/issue/{child['key']}/transitions")["transitions"]
+    done = next(t for t in moves if t["to"]["statusCategory"]["key"] == "done")
+    r = site.call(
+        "POST", f"{a}/issue/{child['key']}/transitions", json={"transition": {"id": done["id"]}}
+    )
+    assert r.status_code == 204, r.text
+    found = search(site, "project = SALES AND key = " + parent, fields="subtasks")
+    status = found[0]["fields"]["subtasks"][0]["fields"]["status"]
+    assert (status["name"], status["statusCategory"]["key"]) == ("Done", "done")
+
+    def refused(fields: dict[str, Any]) -> dict[str, str]:
+        body = {"project": {"key": "SALES"}, "summary": "x", **fields}
+        r = site.call("POST", a + "/issue", json={"fields": body})
+        assert r.status_code == 400, r.text
+        errors: dict[str, str] = r.json()["errors"]
+        return errors
+
+    assert "parent" in refused({"issuetype": {"name": "Sub-task"}})
+    assert "parent" in refused({"issuetype": {"name": "Sub-task"}, "parent": {"key": "SALES-999"}})
+    assert "parent" in refused({"issuetype": {"name": "Sub-task"}, "parent": {"key": second}})
+    assert "parent" in refused({"issuetype": {"name": "Sales Project"}, "parent": {"key": parent}})
+    em.delete_issue(parent)
+    assert site.call("GET", f"{a}/issue/{second}").status_code == 404, "gone with its parent"
+
+
 def test_jira_package_reads_the_directory(cloud: Site) -> None:
     client = cloud.client()
     try:

@@ -307,6 +307,8 @@ class _Project:
     screen: tuple[str, ...] | None
     required: tuple[str, ...]
     next_number: int = 1
+    type_workflows: dict[str, Workflow] = field(default_factory=dict)
+    """Issue type id -> its own workflow (sub-task types usually have one); else ``workflow``."""
 
     @property
     def key(self) -> str:
@@ -560,6 +562,32 @@ class JiraEmulator(Emulator):
             )
             return raw
 
+    def add_subtask_type(
+        self, project: str, name: str = "Sub-task", *, workflow: Workflow | None = None
+    ) -> Json:
+        """Let ``project`` have sub-tasks of issue type ``name`` (``subtask: true``), with their
+        own ``workflow`` (default: To Do / In Progress / Done, every status from every other)."""
+        with self._lock:
+            proj = self.project(project)
+            if proj is None:
+                raise KeyError(f"no project {project!r}")
+            workflow = workflow or Workflow.simplified(
+                f"Sub-task Workflow for Project {proj.key}", ["To Do", "In Progress", "Done"]
+            )
+            for i, s in enumerate(workflow.statuses):
+                if self.status(s) is None:
+                    last = i == len(workflow.statuses) - 1
+                    self.add_status(s, "new" if i == 0 else "done" if last else "indeterminate")
+            kind = self.add_issue_type(name, subtask=True, description="The sub-task of the issue")
+            if kind["id"] not in proj.issue_types:
+                proj.issue_types.append(kind["id"])
+            proj.type_workflows[kind["id"]] = workflow
+            return kind
+
+    def _workflow_of(self, issue: _Issue) -> Workflow:
+        proj = self._project_of(issue)
+        return proj.type_workflows.get(str(issue.fields["issuetype"]["id"]), proj.workflow)
+
     def _resolve_field(self, ref: str) -> str:
         fid = self.field_id(ref)
         if fid is None:
@@ -586,6 +614,9 @@ class JiraEmulator(Emulator):
         for fid, name, schema, nav in _SYSTEM_FIELDS:
             schema = {**schema, "system": fid}
             self.fields[fid] = _field_json(fid, name, schema, custom=False, navigable=nav)
+        # Jira lists "Parent" without a schema: it is no value type of its own.
+        self.fields["parent"] = _field_json("parent", "Parent", {}, custom=False)
+        del self.fields["parent"]["schema"]
         for pid, pname in enumerate(["Highest", "High", "Medium", "Low", "Lowest"], start=1):
             self.priorities[str(pid)] = {
                 "self": f"{BASE}/rest/api/2/priority/{pid}",
@@ -630,6 +661,8 @@ class JiraEmulator(Emulator):
         }
         values["project"] = {"key": proj.key}
         values.setdefault("issuetype", {"id": self._issue_type_id(proj, issue_type)})
+        if isinstance(values.get("parent"), str):  # a parent by key, as people name it
+            values["parent"] = {"key": values["parent"]}
         user = self._author(author)
         with self._lock:
             issue = self._create(values, user, "2", created=created)
@@ -671,16 +704,16 @@ class JiraEmulator(Emulator):
         user = self._author(author)
         with self._lock:
             issue = self._get(key)
-            proj = self._project_of(issue)
+            workflow = self._workflow_of(issue)
             target = self.status(status)
             current = issue.fields["status"]["name"]
             options = [
                 t
-                for t in proj.workflow.available(current)
+                for t in workflow.available(current)
                 if target is not None and t.to.casefold() == target["name"].casefold()
             ]
             if not options:
-                reachable = sorted({t.to for t in proj.workflow.available(current)})
+                reachable = sorted({t.to for t in workflow.available(current)})
                 raise ValueError(
                     f"{key}: no transition from {current!r} to {status!r}; available: {reachable}"
                 )
@@ -698,10 +731,10 @@ class JiraEmulator(Emulator):
         user = self._author(author)
         with self._lock:
             issue = self._get(key)
-            proj = self._project_of(issue)
-            path = _path(proj.workflow, issue.fields["status"]["name"], status)
+            workflow = self._workflow_of(issue)
+            path = _path(workflow, issue.fields["status"]["name"], status)
             if path is None:
-                raise ValueError(f"{key}: {status!r} is not reachable in {proj.workflow.name}")
+                raise ValueError(f"{key}: {status!r} is not reachable in {workflow.name}")
             for t in path:
                 self._do_transition(issue, t, {}, {}, user, "2", check_required=False)
 
@@ -732,7 +765,14 @@ class JiraEmulator(Emulator):
     def delete_issue(self, key: str) -> None:
         with self._lock:
             issue = self._get(key)
-            del self._issues[issue.id], self._by_key[issue.key]
+            children = [
+                c
+                for c in self._issues.values()
+                if isinstance(c.fields.get("parent"), dict)
+                and str(c.fields["parent"].get("id")) == issue.id
+            ]
+            for gone in [issue, *children]:  # as Jira does, a parent goes with its sub-tasks
+                del self._issues[gone.id], self._by_key[gone.key]
 
     def _origin(self) -> str:
         return self._server.base_url if self._server is not None else "http://jira.invalid"
@@ -828,6 +868,7 @@ class JiraEmulator(Emulator):
         )
         if type_json is None or type_json["id"] not in proj.issue_types:
             raise JiraError(400, [], {"issuetype": "Specify an issue type"})
+        parent = self._parent_of_new(values.get("parent"), type_json, proj)
         if not values.get("summary"):
             errors["summary"] = "You must specify a summary of the issue."
         for fid in proj.required:
@@ -843,7 +884,8 @@ class JiraEmulator(Emulator):
         iid = self._id("issue")
         while iid in self._issues:
             iid = self._id("issue")
-        status = self.status(proj.workflow.initial)
+        workflow = proj.type_workflows.get(str(type_json["id"]), proj.workflow)
+        status = self.status(workflow.initial)
         assert status is not None
         person = user.json(self.mode)
         fields: Json = {
@@ -866,12 +908,74 @@ class JiraEmulator(Emulator):
             "environment": None,
             **_empty_extras(f"{proj.key}-{number}"),
         }
+        if parent is not None:
+            fields["parent"] = {"id": parent.id, "key": parent.key}
         issue = _Issue(iid, f"{proj.key}-{number}", fields)
-        rest = {k: v for k, v in values.items() if k not in ("project", "issuetype")}
+        rest = {k: v for k, v in values.items() if k not in ("project", "issuetype", "parent")}
         self._apply(issue, rest, {}, api, screen=self._screen(proj), creating=True)
         self._issues[iid] = issue
         self._by_key[issue.key] = iid
         return issue
+
+    def _parent_of_new(self, ref: Any, type_json: Json, proj: _Project) -> _Issue | None:
+        """The parent a new issue names (``{"key"}`` or ``{"id"}``), checked as Jira does: a
+        sub-task needs one in its own project, another issue type takes none."""
+        if not type_json.get("subtask"):
+            if ref:
+                raise JiraError(
+                    400,
+                    [],
+                    {"parent": "Given parent issue does not belong to appropriate hierarchy."},
+                )
+            return None
+        wanted = ref.get("key") or ref.get("id") if isinstance(ref, dict) else None
+        if not wanted:
+            raise JiraError(
+                400,
+                [],
+                {"parent": "Issue type is a sub-task but parent issue key or id not specified."},
+            )
+        try:
+            parent = self._get(str(wanted))
+        except JiraError:
+            raise JiraError(400, [], {"parent": "Could not find issue by id or key."}) from None
+        kind = self.issue_types.get(str(parent.fields["issuetype"].get("id")), {})
+        if kind.get("subtask") or parent.fields.get("parent"):
+            raise JiraError(400, [], {"parent": "A sub-task cannot be the parent of a sub-task."})
+        if parent.fields["project"]["key"] != proj.key:
+            raise JiraError(
+                400, [], {"parent": "The parent issue must be in the project of the sub-task."}
+            )
+        return parent
+
+    def _link(self, issue: _Issue) -> Json:
+        """An issue as ``subtasks`` and ``parent`` show it: id, key, self and four fields."""
+        f = issue.fields
+        return {
+            "id": issue.id,
+            "key": issue.key,
+            "self": f"{BASE}/rest/api/2/issue/{issue.id}",
+            "fields": {
+                "summary": f.get("summary"),
+                "status": copy.deepcopy(f.get("status")),
+                "priority": copy.deepcopy(f.get("priority")),
+                "issuetype": copy.deepcopy(f.get("issuetype")),
+            },
+        }
+
+    def _subtasks_of(self, issue: _Issue) -> list[Json]:
+        """The issue's sub-tasks as they are now, in creation order; entries loaded with the
+        issue whose sub-task the emulator does not hold stay as loaded."""
+        found = {
+            str(s.get("id")): copy.deepcopy(s)
+            for s in issue.fields.get("subtasks") or []
+            if isinstance(s, dict) and str(s.get("id")) not in self._issues
+        }
+        for child in self._issues.values():
+            parent = child.fields.get("parent")
+            if isinstance(parent, dict) and str(parent.get("id")) == issue.id:
+                found[child.id] = self._link(child)
+        return [found[k] for k in sorted(found, key=lambda k: (len(k), k))]
 
     def _screen(self, proj: _Project) -> set[str]:
         custom = [f for f in self.fields if self.fields[f]["custom"]]
@@ -1275,7 +1379,11 @@ class JiraEmulator(Emulator):
                 "total": len(comments),
                 "startAt": 0,
             }
+        if fid == "subtasks":
+            return self._subtasks_of(issue)
         value = issue.fields.get(fid)
+        if fid == "parent" and isinstance(value, dict) and str(value.get("id")) in self._issues:
+            return self._link(self._issues[str(value["id"])])
         kind = self._kind(fid)
         if kind == "textarea" or fid == "environment":
             return self._rich(value, api)
@@ -1312,10 +1420,9 @@ class JiraEmulator(Emulator):
     def _render_transitions(
         self, issue: _Issue, api: str, user: JiraUser, *, fields: bool, only: str | None = None
     ) -> list[Json]:
-        proj = self._project_of(issue)
         current = issue.fields["status"]["name"]
         out = []
-        for t in proj.workflow.available(current):
+        for t in self._workflow_of(issue).available(current):
             if only is not None and t.id != only:
                 continue
             to = self.status(t.to)
@@ -1440,6 +1547,9 @@ class JiraEmulator(Emulator):
             Route(i + "/comment", self._h(self._post_comment, write=True), methods=["POST"]),
             Route(i + "/editmeta", self._h(self._editmeta_route)),
             Route(r + "/user/search", self._h(self._user_search)),
+            Route(r + "/user/assignable/search", self._h(self._assignable_search)),
+            Route(r + "/users/search", self._h(self._users_search)),
+            Route(r + "/users", self._h(self._users_search)),
             Route(r + "/user", self._h(self._user)),
             Route(r + "/status", self._h(self._status_list)),
             Route(r + "/project", self._h(self._projects)),
@@ -1693,8 +1803,8 @@ class JiraEmulator(Emulator):
             if isinstance(body, dict)
             else ""
         )
-        proj = self._project_of(issue)
-        match = [t for t in proj.workflow.available(issue.fields["status"]["name"]) if t.id == tid]
+        available = self._workflow_of(issue).available(issue.fields["status"]["name"])
+        match = [t for t in available if t.id == tid]
         if not match:
             raise JiraError(400, [f"Transition id '{tid}' is not valid for this issue."])
         self._do_transition(
@@ -1822,6 +1932,52 @@ class JiraEmulator(Emulator):
         ]
         start = max(0, _int(q.get("startAt"), 0, "startAt"))
         limit = max(1, min(_int(q.get("maxResults"), 50, "maxResults"), 1000))
+        return [u.json(self.mode) for u in hits[start : start + limit]]
+
+    def _users_search(self, request: Request, api: str, user: JiraUser) -> list[Json]:
+        """Cloud's ``/users/search`` (and ``/users``): every account, active or not, a page
+        at a time (``startAt``, ``maxResults`` up to 1000). Data Center has no such list."""
+        if self.mode != "cloud":
+            raise JiraError(404, ["Not found"])
+        q = request.query_params
+        start = max(0, _int(q.get("startAt"), 0, "startAt"))
+        limit = max(0, min(_int(q.get("maxResults"), 50, "maxResults"), 1000))
+        people = list(self.users.values())
+        return [u.json(self.mode) for u in people[start : start + limit]]
+
+    def _assignable_search(self, request: Request, api: str, user: JiraUser) -> list[Json]:
+        """The active users who can be assigned issues of ``project`` (or of ``issueKey``),
+        filtered by ``query`` (Cloud) or ``username`` (both), a page at a time."""
+        q = request.query_params
+        proj = None
+        if q.get("issueKey") or q.get("issueId"):
+            proj = self._project_of(self._get(q.get("issueKey") or q.get("issueId") or ""))
+        elif q.get("project"):
+            proj = self.project(q["project"])
+            if proj is None:
+                raise JiraError(404, [f"Project '{q['project']}' not found."])
+        if proj is None:
+            raise JiraError(
+                400,
+                ["A project, issue key or issue id is required."]
+                if self.mode == "cloud"
+                else ["The parameters 'project', 'issueKey' or 'issueId' must be provided."],
+            )
+        term = (q.get("query") if self.mode == "cloud" else None) or q.get("username") or ""
+        low = term.casefold()
+        hits = [
+            u
+            for u in self.users.values()
+            if u.active
+            and (
+                term in ("", ".")
+                or low in u.display_name.casefold()
+                or low in (u.email or "").casefold()
+                or low in u.name.casefold()
+            )
+        ]
+        start = max(0, _int(q.get("startAt"), 0, "startAt"))
+        limit = max(0, min(_int(q.get("maxResults"), 50, "maxResults"), 1000))
         return [u.json(self.mode) for u in hits[start : start + limit]]
 
     def _user(self, request: Request, api: str, user: JiraUser) -> Json:
@@ -1956,7 +2112,8 @@ _EDITABLE = (
 _DATETIME_FIELDS = frozenset(
     {"created", "updated", "resolutiondate", "statuscategorychangedate", "lastViewed"}
 )
-_VIRTUAL = frozenset({"comment"})
+_VIRTUAL = frozenset({"comment", "parent"})
+"""Fields an issue shows only when it has them (a comment list is added to every issue)."""
 _JQL_NAMES = {
     "issuekey": "key",
     "type": "issuetype",
