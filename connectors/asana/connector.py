@@ -27,16 +27,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import asana
 import requests
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from bridge.http import Auth, HttpClient, RequestCounter, RetryPolicy
 from bridge.secrets import Secret
@@ -56,6 +57,9 @@ from connectors.base import (
     StaleVersion,
     WebhookRejected,
 )
+
+if TYPE_CHECKING:
+    from connectors.asana.projects import ProjectsLayout
 
 Json = dict[str, Any]
 BATCH = 10
@@ -96,13 +100,36 @@ _STORY_FIELDS = "text,type,resource_subtype,created_at,created_by.name,created_b
 _MARK = re.compile(r"\n\[salesbridge: (\S+) by (.*)\]\Z")
 _RATE = {"free": 150, "paid": 1500}
 
+log = logging.getLogger("salesbridge.asana")
+
+
+class _NoEvents(Exception):
+    """The events endpoint refused in a way a retry will not heal (403, 404, a 412 loop)."""
+
 
 class AsanaConfig(ConnectorConfig):
     kind: Literal["asana"] = "asana"
     token: Secret = Field(description='personal access token, e.g. "env:ASANA_TOKEN"')
     base_url: str = Field("https://app.asana.com/api/1.0", description="API root")
     workspace: str = Field(description="workspace gid")
-    project: str = Field(description="gid of the pipeline project whose tasks are synced")
+    layout: Literal["tasks", "projects"] = Field(
+        "tasks",
+        description='"tasks": one pipeline project, a task per sales project, sections as '
+        'stages; "projects": an Asana project per sales project, its tasks as its tasks',
+    )
+    project: str | None = Field(
+        None, description='"tasks" layout: gid of the pipeline project whose tasks are synced'
+    )
+    team: str | None = Field(
+        None,
+        description='"projects" layout: gid of the team whose projects are synced (default: '
+        "the workspace's projects)",
+    )
+    project_prefix: str = Field(
+        "",
+        description='"projects" layout: only projects whose name starts with this are synced; '
+        "the prefix is not part of the Name field and is added to projects the bridge creates",
+    )
     plan: Literal["free", "paid"] = Field(
         "free", description="sets the default rate limit: 150 (free) or 1500 (paid) per minute"
     )
@@ -121,6 +148,30 @@ class AsanaConfig(ConnectorConfig):
         timedelta(seconds=1), description="modified_since re-reads this much before the cursor"
     )
     max_attempts: int = Field(5, ge=1, description="attempts per request (429/5xx)")
+    fallback_after_412s: int = Field(
+        3,
+        ge=1,
+        description="consecutive pulls answered 412 (expired sync token) after which a pull "
+        "uses modified_since instead of a full census",
+    )
+
+    @model_validator(mode="after")
+    def _layout_needs(self) -> AsanaConfig:
+        if self.layout == "tasks" and not self.project:
+            raise ValueError('layout "tasks" needs project (the pipeline project\'s gid)')
+        if self.layout == "projects" and self.project:
+            raise ValueError(
+                'layout "projects" syncs every project of the team or workspace: drop project '
+                "(use team or project_prefix to choose the projects)"
+            )
+        return self
+
+    @property
+    def pipeline(self) -> str:
+        """The pipeline project ("tasks" layout)."""
+        if not self.project:
+            raise FatalError('the Asana "projects" layout has no pipeline project')
+        return self.project
 
 
 @dataclass
@@ -139,6 +190,8 @@ class _Position:
     sync: str | None = None
     at: str | None = None
     recheck: list[str] = field(default_factory=list)
+    expired: int = 0
+    """Consecutive pulls whose token the events endpoint refused with 412."""
 
     @classmethod
     def parse(cls, text: str | None) -> _Position:
@@ -146,12 +199,20 @@ class _Position:
             return cls()
         try:
             raw = json.loads(text)
-            return cls(raw.get("sync"), raw.get("at"), list(raw.get("recheck", [])))
+            return cls(
+                raw.get("sync"),
+                raw.get("at"),
+                list(raw.get("recheck", [])),
+                int(raw.get("expired", 0)),
+            )
         except (ValueError, AttributeError, TypeError):
             raise FatalError(f"cursor position {text!r} is not an Asana cursor") from None
 
     def dump(self) -> str:
-        return json.dumps({"sync": self.sync, "at": self.at, "recheck": self.recheck})
+        out: Json = {"sync": self.sync, "at": self.at, "recheck": self.recheck}
+        if self.expired:
+            out["expired"] = self.expired
+        return json.dumps(out)
 
 
 class _Response:
@@ -244,8 +305,11 @@ class AsanaConnector(Connector[AsanaConfig]):
         self._meta: _Meta | None = None
         self._me: Json | None = None
         self._read: frozenset[str] | None = None
+        self._layout: ProjectsLayout | None = None
         self.requests = RequestCounter()
         """Every HTTP attempt this connector made (retries included)."""
+        self.fallbacks: list[tuple[str, str]] = []
+        """(resource, why) for each pull that fell back from events to modified_since."""
 
     # ------------------------------------------------------------------ plumbing
 
@@ -314,16 +378,33 @@ class AsanaConnector(Connector[AsanaConfig]):
         return ",".join(dict.fromkeys(found))
 
     def meta(self, *, refresh: bool = False) -> _Meta:
+        """Sections and custom fields of the pipeline project ("tasks" layout) or the
+        workspace's custom fields ("projects" layout), and the workspace's users."""
         if self._meta is None or refresh:
             opts = {"limit": MAX_PAGE}
+            definition = "name,type,enum_options.name,enum_options.enabled,precision"
+            if self.layout is not None:
+                users = self._users()
+                found = self._all(
+                    lambda o: self.api("CustomFieldsApi").get_custom_fields_for_workspace(
+                        self.config.workspace,
+                        {**opts, **o, "opt_fields": definition},
+                        full_payload=True,
+                    )
+                )
+                by_name: dict[str, Json] = {}
+                for f in found:
+                    by_name.setdefault(f["name"], f)
+                self._meta = _Meta({}, by_name, users)
+                return self._meta
             sections = self._all(
                 lambda o: self.api("SectionsApi").get_sections_for_project(
-                    self.config.project, {**opts, **o, "opt_fields": "name"}, full_payload=True
+                    self.config.pipeline, {**opts, **o, "opt_fields": "name"}, full_payload=True
                 )
             )
             settings = self._all(
                 lambda o: self.api("CustomFieldSettingsApi").get_custom_field_settings_for_project(
-                    self.config.project,
+                    self.config.pipeline,
                     {
                         **opts,
                         **o,
@@ -334,19 +415,32 @@ class AsanaConnector(Connector[AsanaConfig]):
                     full_payload=True,
                 )
             )
-            users = self._all(
-                lambda o: self.api("UsersApi").get_users_for_workspace(
-                    self.config.workspace,
-                    {**opts, **o, "opt_fields": "name,email"},
-                    full_payload=True,
-                )
-            )
             self._meta = _Meta(
                 {s["name"]: s["gid"] for s in sections},
                 {s["custom_field"]["name"]: s["custom_field"] for s in settings},
-                users,
+                self._users(),
             )
         return self._meta
+
+    def _users(self) -> list[Json]:
+        return self._all(
+            lambda o: self.api("UsersApi").get_users_for_workspace(
+                self.config.workspace,
+                {"limit": MAX_PAGE, **o, "opt_fields": "name,email"},
+                full_payload=True,
+            )
+        )
+
+    @property
+    def layout(self) -> ProjectsLayout | None:
+        """The "projects" layout's reader and writer; None in the "tasks" layout."""
+        if self.config.layout != "projects":
+            return None
+        if self._layout is None:
+            from connectors.asana.projects import ProjectsLayout
+
+            self._layout = ProjectsLayout(self)
+        return self._layout
 
     def _all(self, call: Any) -> list[Json]:
         """Every item of a paginated listing (metadata only; records are paged by pull)."""
@@ -364,14 +458,18 @@ class AsanaConnector(Connector[AsanaConfig]):
     def check(self) -> str:
         me = _data(self.api("UsersApi").get_user("me", {"opt_fields": "name,email"}))
         self._me = me
+        if self.layout is not None:
+            return f"asana connector {self.name!r} as {me.get('name')} <{me.get('email')}>: " + (
+                f"{self.layout.describe()} ({self.config.plan} plan)"
+            )
         project = _data(
             self.api("ProjectsApi").get_project(
-                self.config.project, {"opt_fields": "name,workspace.gid"}
+                self.config.pipeline, {"opt_fields": "name,workspace.gid"}
             )
         )
         if (project.get("workspace") or {}).get("gid") not in (None, self.config.workspace):
             raise FatalError(
-                f"project {self.config.project} is not in workspace {self.config.workspace}",
+                f"project {self.config.pipeline} is not in workspace {self.config.workspace}",
                 connector=self.name,
             )
         return (
@@ -380,6 +478,8 @@ class AsanaConnector(Connector[AsanaConfig]):
         )
 
     def discover(self) -> Schema:
+        if self.layout is not None:
+            return self.layout.discover()
         meta = self.meta(refresh=True)
         stages = tuple(meta.sections)
         found = [
@@ -396,26 +496,49 @@ class AsanaConnector(Connector[AsanaConfig]):
         return Schema(fields=tuple(found), users=users, stages=stages)
 
     def pull(self, cursor: Cursor, *, signpost: datetime, full: bool = False) -> Iterator[Page]:
-        part = self.config.project
+        if self.layout is not None:
+            yield from self.layout.pull(cursor, signpost=signpost, full=full)
+            return
+        part = self.config.pipeline
         position = _Position.parse(cursor.get(part))
         if self.config.incremental == "modified_since":
             yield from self._pull_since(cursor, position, signpost, full)
             return
         if full or position.sync is None:
-            yield from self._census(cursor, self._fresh_token(), signpost)
+            try:
+                token = self.fresh_token(part)
+            except _NoEvents as exc:
+                self.fall_back(part, str(exc))
+                yield from self._pull_since(cursor, position, signpost, full)
+                return
+            if full or position.at is None:
+                yield from self._census(cursor, token, signpost)
+            else:  # the last pull fell back: changes since then, then events again
+                yield from self._pull_since(cursor, position, signpost, False, token=token)
             return
         token = position.sync
         recheck = list(position.recheck)
         while True:
-            response = self.http.request(
-                "GET",
-                "events",
-                params={"resource": part, "sync": token, "opt_fields": _EVENT_FIELDS},
-                expect=(412,),
-            )
-            body = self.http.decode_json(response)
-            if response.status_code == 412:
-                yield from self._census(cursor, str(body["sync"]), signpost)
+            try:
+                status, body = self.events(part, token)
+            except _NoEvents as exc:
+                self.fall_back(part, str(exc))
+                yield from self._pull_since(cursor, position, signpost, False)
+                return
+            if status == 412:
+                fresh, expired = body.get("sync"), position.expired + 1
+                if not fresh or expired >= self.config.fallback_after_412s:
+                    why = (
+                        "412 without a new sync token"
+                        if not fresh
+                        else f"412 (expired sync token) {expired} pulls in a row"
+                    )
+                    self.fall_back(part, why)
+                    yield from self._pull_since(
+                        cursor, position, signpost, full, token=fresh, expired=expired
+                    )
+                    return
+                yield from self._census(cursor, str(fresh), signpost, expired=expired)
                 return
             changed, deleted = _changed(body.get("data") or [])
             gids = list(dict.fromkeys([*recheck, *changed]))
@@ -424,54 +547,87 @@ class AsanaConnector(Connector[AsanaConfig]):
             token = str(body["sync"])
             again = _after(records, signpost)
             at = min(datetime.now(UTC), signpost)
-            new = _Position(token, _iso(at), again).dump()
-            yield Page(_oldest_first(records), cursor.advanced(part, new), skipped)
+            position = _Position(token, _iso(at), again)
+            yield Page(_oldest_first(records), cursor.advanced(part, position.dump()), skipped)
             if not body.get("has_more"):
                 return
 
-    def _fresh_token(self) -> str:
-        """A new sync token: asking without one answers 412 with it (one request)."""
-        response = self.http.request(
-            "GET", "events", params={"resource": self.config.project}, expect=(412,)
-        )
+    def events(self, resource: str, token: str | None) -> tuple[int, Json]:
+        """One events request: (200, events) or (412, body with the new token). Raises
+        _NoEvents where retrying will not help: 403 or 404 for the resource's events."""
+        params = {"resource": resource}
+        if token is not None:
+            params |= {"sync": token, "opt_fields": _EVENT_FIELDS}
+        response = self.http.request("GET", "events", params=params, expect=(403, 404, 412))
+        status = response.status_code
+        if status in (403, 404):
+            raise _NoEvents(f"events for {resource} answered {status} {response.reason}")
         body = self.http.decode_json(response)
-        if response.status_code != 412 or not body.get("sync"):
-            raise FatalError(
-                f"events for project {self.config.project} did not hand out a sync token",
-                connector=self.name,
-                status=response.status_code,
-            )
+        if not isinstance(body, dict) or (status == 200 and not body.get("sync")):
+            raise _NoEvents(f"events for {resource} answered {status} without a sync token")
+        return status, body
+
+    def fresh_token(self, resource: str) -> str:
+        """A new sync token: asking without one answers 412 with it (one request)."""
+        status, body = self.events(resource, None)
+        if status != 412 or not body.get("sync"):
+            raise _NoEvents(f"events for {resource} did not hand out a sync token ({status})")
         return str(body["sync"])
 
-    def _census(self, cursor: Cursor, token: str, signpost: datetime) -> Iterator[Page]:
+    def fall_back(self, resource: str, why: str) -> None:
+        """Log that a pull uses ``modified_since`` because the events endpoint will not heal."""
+        self.fallbacks.append((resource, why))
+        log.warning("%s: %s; pulling %s with modified_since this time", self.name, why, resource)
+
+    def _census(
+        self, cursor: Cursor, token: str, signpost: datetime, *, expired: int = 0
+    ) -> Iterator[Page]:
         """Every live task of the project, page by page; the last page stores ``token``."""
         at = _iso(min(datetime.now(UTC), signpost))
         for records, skipped, last in self._listing({}):
-            pos = _Position(token, at, _after(records, signpost)).dump() if last else None
-            yield Page(records, cursor.advanced(self.config.project, pos) if pos else None, skipped)
+            pos = _Position(token, at, _after(records, signpost), expired).dump() if last else None
+            yield Page(
+                records, cursor.advanced(self.config.pipeline, pos) if pos else None, skipped
+            )
 
     def _pull_since(
-        self, cursor: Cursor, position: _Position, signpost: datetime, full: bool
+        self,
+        cursor: Cursor,
+        position: _Position,
+        signpost: datetime,
+        full: bool,
+        *,
+        token: str | None = None,
+        expired: int = 0,
     ) -> Iterator[Page]:
+        """Tasks modified since the position's time (all with ``full`` or no time). ``token``,
+        if given, is stored so the next pull uses events again."""
         since = None if full or position.at is None else _parse(position.at) - self.config.overlap
         extra = {} if since is None else {"modified_since": _iso(since)}
-        newest = since
+        newest = None if since is None else _parse(str(position.at))
+        recheck = set(position.recheck)
         for records, skipped, last in self._listing(extra):
             for r in records:
+                recheck.discard(r.ref)
                 if r.updated_at and (newest is None or r.updated_at > newest):
                     newest = r.updated_at
+            if last and recheck:
+                more, bad = self._fetch(sorted(recheck))
+                records, skipped = [*records, *more], [*skipped, *bad]
             pos = None
             if last:
                 at = min(newest or signpost, signpost)
-                pos = _Position(None, _iso(at), []).dump()
-            yield Page(records, cursor.advanced(self.config.project, pos) if pos else None, skipped)
+                pos = _Position(token, _iso(at), [], expired).dump()
+            yield Page(
+                records, cursor.advanced(self.config.pipeline, pos) if pos else None, skipped
+            )
 
     def _listing(self, extra: Json) -> Iterator[tuple[list[RemoteRecord], list[Any], bool]]:
         offset: str | None = None
         tasks = self.api("TasksApi")
         while True:
             opts: Json = {
-                "project": self.config.project,
+                "project": self.config.pipeline,
                 "limit": self.config.page_size,
                 "opt_fields": self.opt_fields(),
                 **extra,
@@ -489,6 +645,8 @@ class AsanaConnector(Connector[AsanaConfig]):
     def get(self, ref: str) -> RemoteRecord | None:
         if not ref.isdigit():
             return None
+        if self.layout is not None:
+            return self.layout.get(ref)
         records, skipped = self._fetch([ref])
         if skipped:
             raise skipped[0]
@@ -497,6 +655,8 @@ class AsanaConnector(Connector[AsanaConfig]):
 
     def find_by_stamp(self, stamp: str) -> RemoteRecord | None:
         """Scans the project (Asana's task search by custom field is a premium feature)."""
+        if self.layout is not None:
+            return self.layout.find_by_stamp(stamp)
         for records, _, _ in self._listing({}):
             for r in records:
                 if r.stamp == stamp:
@@ -539,7 +699,7 @@ class AsanaConnector(Connector[AsanaConfig]):
 
     def _in_project(self, task: Json) -> bool:
         projects = {(m.get("project") or {}).get("gid") for m in task.get("memberships") or []}
-        return self.config.project in projects
+        return self.config.pipeline in projects
 
     def _batch_get(self, calls: Sequence[tuple[str, Json]]) -> list[tuple[str, int, Json]]:
         """GETs through ``POST /batch``, ten per request: (path, status, body) in call order."""
@@ -549,10 +709,12 @@ class AsanaConnector(Connector[AsanaConfig]):
             chunk = calls[i : i + BATCH]
             actions = []
             for path, params in chunk:
-                data = {k: v for k, v in params.items() if k not in ("opt_fields", "limit")}
+                paging = ("opt_fields", "limit", "offset")
+                data = {k: v for k, v in params.items() if k not in paging}
                 options: Json = {"fields": params["opt_fields"].split(",")}
-                if "limit" in params:
-                    options["limit"] = params["limit"]
+                for key in ("limit", "offset"):
+                    if key in params:
+                        options[key] = params[key]
                 actions.append(
                     {"relative_path": path, "method": "get", "data": data, "options": options}
                 )
@@ -621,7 +783,7 @@ class AsanaConnector(Connector[AsanaConfig]):
                 (
                     (m.get("section") or {}).get("name")
                     for m in task["memberships"]
-                    if (m.get("project") or {}).get("gid") == self.config.project
+                    if (m.get("project") or {}).get("gid") == self.config.pipeline
                 ),
                 None,
             )
@@ -664,19 +826,21 @@ class AsanaConnector(Connector[AsanaConfig]):
     # ------------------------------------------------------------------ writing
 
     def create(self, fields: Mapping[str, Any], *, stamp: str) -> RemoteRecord:
+        if self.layout is not None:
+            return self.layout.create(fields, stamp=stamp)
         meta = self.meta()
         body, after = self._changes(fields, meta, ref=stamp)
         stamp_field = meta.fields.get(self.config.stamp_field)
         if stamp_field is None:
             raise FatalError(
-                f"project {self.config.project} has no custom field "
+                f"project {self.config.pipeline} has no custom field "
                 f"{self.config.stamp_field!r} to stamp records with; add a text field of that "
                 "name to the project or set stamp_field",
                 connector=self.name,
             )
         body.setdefault("custom_fields", {})[stamp_field["gid"]] = stamp
         section = body.pop("_section", None)
-        membership: Json = {"project": self.config.project}
+        membership: Json = {"project": self.config.pipeline}
         if section is not None:
             membership["section"] = section
         body["memberships"] = [membership]
@@ -688,6 +852,8 @@ class AsanaConnector(Connector[AsanaConfig]):
     def update(
         self, ref: str, changes: Mapping[str, Any], *, expected_version: str | None
     ) -> RemoteRecord:
+        if self.layout is not None:
+            return self.layout.update(ref, changes, expected_version=expected_version)
         meta = self.meta()
         current = self.get(ref)
         if current is None:
@@ -710,7 +876,11 @@ class AsanaConnector(Connector[AsanaConfig]):
         return record
 
     def archive(self, ref: str) -> None:
-        """Delete the task (Asana keeps it in the trash for 30 days); idempotent."""
+        """Delete the task (Asana keeps it in the trash for 30 days); idempotent. In the
+        "projects" layout: archive the project."""
+        if self.layout is not None:
+            self.layout.archive(ref)
+            return
         try:
             self.api("TasksApi").delete_task(ref)
         except FatalError as exc:
@@ -724,13 +894,19 @@ class AsanaConnector(Connector[AsanaConfig]):
     and sets them here before verifying a delivery."""
 
     def register_webhook(self, target: str) -> Json:
+        if self.layout is not None:
+            raise FatalError(
+                f"{self.name}: in the projects layout Asana would need one webhook per project; "
+                "salesbridge polls events on each project instead",
+                connector=self.name,
+            )
         """Watch the project: Asana calls ``target`` with an ``X-Hook-Secret`` handshake first,
         which the running service must answer. Idempotent: an active webhook on the project
         with the same target is returned instead of a second one."""
         for hook in self.list_webhooks():
             if hook.get("target") == target and hook.get("active", True):
                 return hook
-        body = {"data": {"resource": self.config.project, "target": target}}
+        body = {"data": {"resource": self.config.pipeline, "target": target}}
         response = self.http.request("POST", "webhooks", json=body, retry=False)
         hook = _data(self.http.decode_json(response))
         if not isinstance(hook, dict):
@@ -739,18 +915,17 @@ class AsanaConnector(Connector[AsanaConfig]):
 
     def list_webhooks(self) -> list[Json]:
         """The workspace's webhooks on the synced project."""
-        params = {
-            "workspace": self.config.workspace,
-            "resource": self.config.project,
-            "limit": str(MAX_PAGE),
-        }
+        params = {"workspace": self.config.workspace, "limit": str(MAX_PAGE)}
+        if self.layout is None:
+            params["resource"] = self.config.pipeline
         hooks: list[Json] = []
         while True:
             body = self.http.get_json("webhooks", params=params) or {}
             hooks += [
                 h
                 for h in body.get("data") or []
-                if (h.get("resource") or {}).get("gid") in (None, self.config.project)
+                if self.layout is not None
+                or (h.get("resource") or {}).get("gid") in (None, self.config.pipeline)
             ]
             offset = (body.get("next_page") or {}).get("offset")
             if not offset:
@@ -837,7 +1012,7 @@ class AsanaConnector(Connector[AsanaConfig]):
                 except ValueError as exc:
                     problems.append(f"{key}: {exc}")
             else:
-                problems.append(f"{key!r} is not a field of project {self.config.project}")
+                problems.append(f"{key!r} is not a field of project {self.config.pipeline}")
         if problems:
             raise SkippableRecord(
                 ref, "; ".join(problems), connector=self.name, payload=dict(fields)
@@ -862,6 +1037,19 @@ class AsanaConnector(Connector[AsanaConfig]):
             ).get("data")
             or []
         )
+        self.reconcile_tasks(
+            current,
+            wanted,
+            meta,
+            lambda body: tasks.create_subtask_for_task({"data": body}, gid, {"opt_fields": "gid"}),
+        )
+
+    def reconcile_tasks(
+        self, current: list[Json], wanted: list[Json], meta: _Meta, create: Any
+    ) -> None:
+        """Make a list of Asana tasks equal ``wanted`` (canonical tasks), matched by title:
+        ``create(body)`` adds one, changed ones are updated, the rest deleted."""
+        tasks = self.api("TasksApi")
         by_title = {s["name"]: s for s in current}
         for item in wanted:
             owner = item.get("owner")
@@ -873,7 +1061,7 @@ class AsanaConnector(Connector[AsanaConfig]):
             }
             old = by_title.pop(item["title"], None)
             if old is None:
-                tasks.create_subtask_for_task({"data": body}, gid, {"opt_fields": "gid"})
+                create(body)
                 continue
             was = _subtask(old)
             same_owner = ((was["owner"] or {}).get("email") or "").lower() == (
