@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bridge.errors import AuthError, FatalError, RateLimited, RetriableError, SkippableRecord
 from bridge.http import RequestCounter, RetryPolicy
-from connectors.base import Connector, Cursor, RemoteRecord
+from connectors.base import Connector, Cursor, RemoteRecord, RemoteUser
 from connectors.jira.adf import adf_to_markdown, markdown_to_adf, normalize_adf
 from connectors.jira.connector import JiraConfig, JiraConnector, _jql_time
 from connectors.jira.emulator import JiraEmulator, JiraUser, Transition, Workflow
@@ -286,13 +286,9 @@ def test_records_carry_history_url_and_who_changed_them(em: JiraEmulator) -> Non
     assert connector.history(key) == list(record.history)
 
 
-def test_comments_and_subtasks_are_shaped_on_request(cloud: JiraEmulator) -> None:
+def test_comments_are_shaped_as_actions_on_request(cloud: JiraEmulator) -> None:
     (key,) = add(cloud, 1)
-    done = {"name": "Done", "statusCategory": {"key": "done"}}
-    cloud._issues[cloud._by_key[key]].fields["subtasks"] = [
-        {"key": "SALES-77", "fields": {"summary": "Needs analysis", "status": done}}
-    ]
-    connector = make_connector(cloud, comments_as_actions=True, subtasks_as="deliverables")
+    connector = make_connector(cloud, comments_as_actions=True)
     import requests
 
     requests.post(
@@ -305,6 +301,116 @@ def test_comments_and_subtasks_are_shaped_on_request(cloud: JiraEmulator) -> Non
     assert record is not None
     assert [a["what"] for a in record.fields["comment"]] == ["Called the CFO"]
     assert record.fields["comment"][0]["at"].endswith("Z")
+
+
+def subtasks_of(em: JiraEmulator, key: str) -> list[tuple[str, str]]:
+    """(summary, status) of the issue's sub-tasks, as Jira shows them."""
+    return [
+        (s["fields"]["summary"], s["fields"]["status"]["name"])
+        for s in em.issue(key)["fields"]["subtasks"]
+    ]
+
+
+@pytest.mark.parametrize("shape", ["tasks", "deliverables"])
+def test_sub_tasks_are_read_as_tasks_or_deliverables(em: JiraEmulator, shape: str) -> None:
+    em.add_subtask_type("SALES")
+    (key,) = add(em, 1)
+    first = em.add_issue(
+        "SALES", {"summary": "Needs analysis", "parent": key}, issue_type="Sub-task"
+    )
+    em.add_issue("SALES", {"summary": "Proposal", "parent": key}, issue_type="Sub-task")
+    em.add_issue("SALES", {"summary": "Contract", "parent": key}, issue_type="Sub-task",
+                 status="In Progress")  # fmt: skip
+    em.transition(first, "Done", author=ALICE)
+    jql = 'project = SALES AND issuetype = "Sales Project"'  # the sub-tasks are no records
+    (record,) = pull_all(make_connector(em, subtasks_as=shape, jql=jql))[0]
+    assert record.ref == key
+    if shape == "tasks":
+        assert record.fields["subtasks"] == [
+            {"title": "Needs analysis", "done": True},
+            {"title": "Proposal", "done": False},
+            {"title": "Contract", "done": False},
+        ]
+    else:
+        assert [(d["kind"], d["status"]) for d in record.fields["subtasks"]] == [
+            ("needs_analysis", "approved"),
+            ("proposal", "missing"),
+            ("contract", "draft"),
+        ]
+        assert record.fields["subtasks"][0]["link"] == f"{em.base_url}/browse/{first}"
+    plain = make_connector(em).get(key)
+    assert plain is not None and plain.fields["subtasks"][0] == first, "else: keys, as JSON"
+
+
+def test_tasks_written_create_sub_tasks_and_move_them(em: JiraEmulator) -> None:
+    em.add_subtask_type("SALES")
+    connector = make_connector(em, subtasks_as="tasks")
+    schema = connector.discover()
+    assert schema.resolve("subtasks")[0].writable
+    created = connector.create(
+        {"summary": "Acme", "subtasks": [{"title": "Needs analysis", "done": True},
+                                         {"title": "Proposal", "done": False}]},
+        stamp=new_stamp(),
+    )  # fmt: skip
+    assert subtasks_of(em, created.ref) == [("Needs analysis", "Done"), ("Proposal", "To Do")]
+    assert created.fields["subtasks"] == [
+        {"title": "Needs analysis", "done": True},
+        {"title": "Proposal", "done": False},
+    ]
+    manual = em.add_issue("SALES", {"summary": "Site visit", "parent": created.ref},
+                          issue_type="Sub-task")  # fmt: skip
+    posts = em.controls.count("POST")
+    updated = connector.update(
+        created.ref,
+        {"subtasks": [{"title": "needs analysis", "done": False},  # matched by summary
+                      {"title": "Proposal", "done": False},  # unchanged: no request
+                      {"title": "Contract", "done": True}]},
+        expected_version=created.version,
+    )  # fmt: skip
+    assert subtasks_of(em, created.ref) == [
+        ("Needs analysis", "To Do"),
+        ("Proposal", "To Do"),
+        ("Site visit", "To Do"),
+        ("Contract", "Done"),
+    ], "a sub-task the hub does not list is left alone"
+    assert em.controls.count("POST") - posts == 3, "reopen, create Contract, close Contract"
+    assert {"title": "Site visit", "done": False} in updated.fields["subtasks"]
+    assert em.issue(manual)["fields"]["parent"]["key"] == created.ref
+
+
+def test_deliverables_written_map_to_status_categories(em: JiraEmulator) -> None:
+    em.add_subtask_type("SALES")
+    connector = make_connector(em, subtasks_as="deliverables")
+    (key,) = add(em, 1)
+    connector.update(
+        key,
+        {"subtasks": [{"kind": "proposal", "title": "Proposal", "status": "approved"},
+                      {"kind": "contract_review", "title": "Contract review", "status": "draft"},
+                      {"kind": "sow", "title": "SOW", "status": "missing"}]},
+        expected_version=None,
+    )  # fmt: skip
+    assert subtasks_of(em, key) == [
+        ("Proposal", "Done"),
+        ("Contract review", "In Progress"),
+        ("SOW", "To Do"),
+    ]
+
+
+def test_sub_task_writes_fail_clearly(em: JiraEmulator) -> None:
+    (key,) = add(em, 1)
+    connector = make_connector(em, subtasks_as="tasks")
+    with pytest.raises(FatalError, match=r"creating the sub-task 'Call'.*issue type|Sub-task"):
+        connector.update(key, {"subtasks": [{"title": "Call", "done": False}]},
+                         expected_version=None)  # fmt: skip
+    em.add_status("Open", "new")
+    em.add_status("Working", "indeterminate")  # and no status of category done
+    em.add_subtask_type("SALES", workflow=Workflow.simplified("Open only", ["Open", "Working"]))
+    with pytest.raises(
+        FatalError, match=r"no transition from 'Open' to a status of category 'done'"
+    ):
+        connector.update(key, {"subtasks": [{"title": "Call", "done": True}]},
+                         expected_version=None)  # fmt: skip
+    assert subtasks_of(em, key) == [("Call", "Open")]
 
 
 # --------------------------------------------------------------------------- writes
@@ -515,6 +621,36 @@ def test_discover_resolves_custom_fields_statuses_and_options(em: JiraEmulator) 
     assert "High" in schema.resolve("Priority")[0].options
     assert schema.resolve("Salesbridge ID")[0].writable, "the bridge writes its stamp there"
     assert not schema.resolve("updated")[0].writable
+
+
+def test_discover_lists_the_users(em: JiraEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Assignable users of the project, or every user without one: Cloud by accountId, Data
+    Center by username, page after page."""
+    cloud = em.mode == "cloud"
+    alice = (
+        RemoteUser(ALICE.account_id, "Alice Chen", "alice@example.com", None)
+        if cloud
+        else RemoteUser("alice", "Alice Chen", "alice@example.com", "alice")
+    )
+    me = bot(em.mode)
+    bridge = RemoteUser(me["id"], me["name"], me["email"], me["username"])
+    assert make_connector(em).discover().users == (bridge, alice)
+    for i in range(3):
+        em.add_user(JiraUser(f"557058:u{i}", f"User {i}", f"u{i}@example.com", f"u{i}"))
+    monkeypatch.setattr("connectors.jira.connector._USER_PAGE", 2)
+    for project in ("SALES", None):
+        path = (
+            "/user/assignable/search" if project else "/users/search" if cloud else "/user/search"
+        )
+        path = f"/rest/api/{3 if cloud else 2}{path}"
+        before = em.controls.count("GET", path)
+        users = make_connector(em, project=project).discover().users
+        assert [u.name for u in users] == ["Salesbridge Bot", "Alice Chen", "User 0", "User 1",
+                                           "User 2"]  # fmt: skip
+        assert [u.username for u in users][2:] == ([None] * 3 if cloud else ["u0", "u1", "u2"])
+        assert users[2].id == ("557058:u0" if cloud else "u0")
+        # pages of 2: Cloud reads until an empty page, Data Center until a short one
+        assert em.controls.count("GET", path) - before == (4 if cloud else 3)
 
 
 def test_check_names_the_deployment_version_and_account(em: JiraEmulator) -> None:

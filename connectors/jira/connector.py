@@ -103,6 +103,7 @@ _RICH_TEXT = frozenset(
 )
 _DELIVERABLE_STATUS = {"new": "missing", "indeterminate": "draft", "done": "approved"}
 _MAX_TRANSITIONS = 20
+_USER_PAGE = 1000
 
 
 class JiraConfig(ConnectorConfig):
@@ -142,8 +143,12 @@ class JiraConfig(ConnectorConfig):
         False, description="pull comments as the `comment` field shaped as actions"
     )
     subtasks_as: Literal["tasks", "deliverables", "none"] = Field(
-        "none", description="pull sub-tasks as the `subtasks` field shaped as tasks/deliverables"
+        "none",
+        description="read and write sub-tasks as the `subtasks` field shaped as "
+        "tasks/deliverables (writes create missing sub-tasks and move them to a done or "
+        "not-done status; they never delete one)",
     )
+    subtask_type: str = Field("Sub-task", description="issue type of the sub-tasks created")
     changelog: bool = Field(True, description="expand the changelog in pulls (stage history)")
     webhook_secret: Secret | None = Field(
         None,
@@ -465,7 +470,9 @@ class JiraConnector(Connector[JiraConfig]):
                     kind,
                     options=tuple(opts),
                     custom=bool(raw.get("custom")),
-                    writable=writable or fid == "status",
+                    writable=writable
+                    or fid == "status"
+                    or (fid == "subtasks" and self.config.subtasks_as != "none"),
                 )
             )
         return Schema(
@@ -598,6 +605,7 @@ class JiraConnector(Connector[JiraConfig]):
         stamp_id = meta.stamp(self.name)
         changes = dict(fields)
         target = changes.pop("status", None)
+        subtasks = self._pop_subtasks(changes)
         payload = self._payload(changes, meta, ref="(new issue)")
         payload.update(
             {
@@ -616,6 +624,8 @@ class JiraConnector(Connector[JiraConfig]):
             if raw is None:
                 raise FatalError(f"{self.name}: {key} vanished right after it was created")
             self._move(key, raw, str(target), {}, meta)
+        if subtasks is not None:
+            self._write_subtasks(key, subtasks, meta)
         return self._written(key, meta)
 
     def update(
@@ -630,6 +640,7 @@ class JiraConnector(Connector[JiraConfig]):
         meta = self._meta()
         changes = dict(changes)
         target = changes.pop("status", None)
+        subtasks = self._pop_subtasks(changes)
         current: Raw | None = None
         if expected_version is not None or target is not None:
             current = self._issue(ref, ["updated", "status", "project", "issuetype"])
@@ -656,7 +667,103 @@ class JiraConnector(Connector[JiraConfig]):
             rest = {k: v for k, v in screen_changes.items() if k not in used}
             if rest:
                 self._edit(ref, self._payload(rest, meta, ref), expected_version)
+        if subtasks is not None:
+            self._write_subtasks(ref, subtasks, meta)
         return self._written(ref, meta)
+
+    # ------------------------------------------------------------------ sub-tasks
+
+    def _pop_subtasks(self, changes: dict[str, Any]) -> list[Raw] | None:
+        """The wanted sub-tasks out of ``changes`` (None when they are not written)."""
+        if self.config.subtasks_as == "none" or "subtasks" not in changes:
+            return None
+        wanted = changes.pop("subtasks")
+        return [w for w in wanted or [] if isinstance(w, dict)]
+
+    def _write_subtasks(self, ref: str, wanted: Sequence[Raw], meta: _Meta) -> None:
+        """Make the issue's sub-tasks match ``wanted`` (tasks or deliverables), matched by
+        summary: a missing one is created (``subtask_type``, parent ``ref``), one in the wrong
+        status category is moved by a transition to a status of the right one. Sub-tasks that
+        are not wanted are left alone: the bridge deletes no Jira issue."""
+        parent = self._issue(ref, ["subtasks", "project"])
+        if parent is None:
+            raise StaleVersion(ref, None, None, connector=self.name)
+        have: dict[str, Raw] = {}
+        for sub in (parent.get("fields") or {}).get("subtasks") or []:
+            f = sub.get("fields") or {} if isinstance(sub, dict) else {}
+            have.setdefault(str(f.get("summary") or "").strip().casefold(), sub)
+        project = str(((parent.get("fields") or {}).get("project") or {}).get("key") or "")
+        for item in wanted:
+            title = str(item.get("title") or item.get("kind") or "").strip()
+            if not title:
+                continue
+            want = self._wanted_category(item)
+            sub = have.pop(title.casefold(), None)
+            if sub is None:
+                key = self._create_subtask(ref, project, title)
+                if want in ("new", "open"):
+                    continue  # a new issue starts in its workflow's initial status
+                raw = self._issue(key, ["status", "project", "issuetype"])
+                if raw is None:
+                    raise FatalError(f"{self.name}: {key} vanished right after it was created")
+            else:
+                key = str(sub.get("key"))
+                raw = {
+                    "key": key,
+                    "fields": {**(sub.get("fields") or {}), "project": {"key": project}},
+                }
+            status = (raw.get("fields") or {}).get("status") or {}
+            category = str((status.get("statusCategory") or {}).get("key") or "")
+            if category == want or (want == "open" and category != "done"):
+                continue
+            self._to_category(key, raw, want, meta)
+
+    def _wanted_category(self, item: Raw) -> str:
+        """The status category a task or deliverable asks for (``open``: any but done)."""
+        if self.config.subtasks_as == "tasks":
+            return "done" if item.get("done") else "open"
+        status = str(item.get("status") or "missing")
+        return {"approved": "done", "missing": "new"}.get(status, "indeterminate")
+
+    def _create_subtask(self, parent: str, project: str, title: str) -> str:
+        fields = {
+            "project": {"key": project},
+            "issuetype": {"name": self.config.subtask_type},
+            "parent": {"key": parent},
+            "summary": title,
+        }
+        try:
+            created = self._jira().create_issue(fields=fields, prefetch=False)
+        except JIRAError as exc:
+            raise self._refused(
+                exc, f"creating the sub-task {title!r} of {parent} ({self.config.subtask_type!r})"
+            ) from None
+        return str(created.key)
+
+    def _to_category(self, key: str, issue: Raw, want: str, meta: _Meta) -> None:
+        """One transition of sub-task ``key`` to a status of category ``want`` (``open``: to
+        do first, else in progress); FatalError naming the transitions if there is none."""
+        available = self._transitions(key, issue, meta)
+        order = ["new", "indeterminate"] if want == "open" else [want]
+        ranked = sorted(
+            (t for t in available if t.category in order), key=lambda t: order.index(t.category)
+        )
+        current = _status(issue)
+        if not ranked:
+            offered = ", ".join(f"{t.name!r} -> {t.to!r} ({t.category})" for t in available)
+            raise FatalError(
+                f"{self.name}: sub-task {key}: no transition from {current!r} to a status of "
+                f"category {want!r}; transitions: {offered or 'none'}",
+                connector=self.name,
+            )
+        step = ranked[0]
+        screen = self._screen(key, step, current, {}, meta)
+        try:
+            self._jira().transition_issue(key, step.id, fields=screen or None)
+        except JIRAError as exc:
+            raise self._refused(
+                exc, f"the transition {step.name!r} of {key} ({current} -> {step.to})"
+            ) from None
 
     # ------------------------------------------------------------------ requests
 
@@ -1106,7 +1213,9 @@ class JiraConnector(Connector[JiraConfig]):
         return options
 
     def _users(self, meta: _Meta) -> tuple[RemoteUser, ...]:
-        params: dict[str, Any] = {"maxResults": 1000}
+        """The users assignable in ``project`` (without one: every user), page by page:
+        ``id`` is the accountId on Cloud and the username on Data Center."""
+        params: dict[str, Any] = {"maxResults": _USER_PAGE}
         if self.config.project:
             params["project"] = self.config.project
             path = f"{self.api}/user/assignable/search"
@@ -1115,15 +1224,30 @@ class JiraConnector(Connector[JiraConfig]):
         else:
             path = f"{self.api}/user/search"
             params["username"] = "."  # Data Center's user search needs a term; "." is everyone
-        try:
-            data = self._http_client().get_json(path, params=params, expect=(400, 404))
-        except FatalError as exc:
-            log.info("%s: users not listed (%s)", self.name, exc)
-            return ()
-        users = [_user(u) for u in data or [] if isinstance(u, dict)]
-        return tuple(
-            RemoteUser(str(u["id"]), u["name"], u["email"], u["username"]) for u in users if u["id"]
-        )
+        found: dict[str, RemoteUser] = {}
+        start = 0
+        while True:
+            try:
+                data = self._http_client().get_json(
+                    path, params={**params, "startAt": start}, expect=(400, 404)
+                )
+            except FatalError as exc:
+                log.info("%s: users not listed (%s)", self.name, exc)
+                break
+            page = [u for u in data or [] if isinstance(u, dict)]
+            for u in page:
+                user = _user(u)
+                if user["id"]:
+                    found.setdefault(
+                        user["id"],
+                        RemoteUser(user["id"], user["name"], user["email"], user["username"]),
+                    )
+            start += len(page)
+            # Cloud may answer short pages before the end (privacy filtering): only an
+            # empty page ends its list; Data Center's pages are full until the last.
+            if not page or (not meta.cloud and len(page) < _USER_PAGE):
+                break
+        return tuple(found.values())
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1269,7 +1393,9 @@ def _is_user(value: Raw) -> bool:
 
 
 def _user(value: Raw) -> dict[str, Any]:
-    uid = value.get("accountId") or value.get("key") or value.get("name")
+    """Cloud: id = accountId; Data Center: id = the username (``name``), which writes take
+    (``key`` may differ from it, e.g. ``JIRAUSER10100``, and only where ``name`` is missing)."""
+    uid = value.get("accountId") or value.get("name") or value.get("key")
     return {
         "id": str(uid) if uid else None,
         "name": value.get("displayName"),
