@@ -11,7 +11,7 @@ history (:mod:`bridge.demo` builders), and the real runtime syncs it alone:
 
 Counts are the emulator's request log (every request that reached it, whatever client made
 it), so they are exact and repeatable. Pulls run with ``push_to=[]`` (push planning makes no
-request) except the push phase, whose requests are the run's minus an idle pull's.
+request) and the push phase pulls nothing (``only=[]``), so each figure is that step alone.
 """
 
 from __future__ import annotations
@@ -77,7 +77,6 @@ def measure(kind: str, n: int) -> dict[str, Any]:
                 tool.edit(ref, EDITS[kind](i))  # type: ignore[misc]
             phase("incremental_1pct", push_to=[])
             out["changed"] = changed
-            phase("idle", push_to=[])
             # Rename K projects in the hub; the next run pushes them.
             store = w.rt.store
             links = store.links_for_connector(kind)[:changed]
@@ -85,8 +84,7 @@ def measure(kind: str, n: int) -> dict[str, Any]:
             for data in got.values():
                 data["name"] = f"{data['name']} (renamed)"
             store.put_projects(got.values())
-            res = phase("push")
-            res["requests"] -= out["idle"]["requests"]  # the run's own pull
+            res = phase("push", only=[], push_to=[kind])  # no pull: the push alone
             out["pushed"] = res["counts"].get("pushed", 0)
     finally:
         tool.emulator.stop()

@@ -1,0 +1,67 @@
+"""Requests a sync costs, per connector: exact counts from the emulators' own request logs.
+
+The same measurement as ``python -m bench`` (``bench/requests_bench.py``) at a small size: each
+tool's emulator seeded with N generated projects and their history, synced alone by the real
+runtime. Timings are never asserted; request counts are exact and stable, so a change that
+costs a request more shows up here. See BENCHMARKS.md for the figures at 1,000 and 10,000.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from bench.requests_bench import PAGE, measure
+from bench.tools import KINDS
+
+N = 250
+CHANGED = max(1, N // 100)  # 1 % of the records, at least one
+
+# kind: (full pull, incremental with 0 changes, incremental with 1 % changed, push of 1 %)
+EXPECTED: dict[str, tuple[int, int, int, int]] = {
+    # 3 search pages of 100 (changelog expanded); one search; updates read the issue's
+    # version, PUT, read it back: 3 each.
+    "jira": (3, 1, 1, 3 * CHANGED),
+    # actions in pages of 1,000 (4 here) + lists + custom fields + cards; one actions call;
+    # actions + custom fields + one GET per changed card; per update: version GET, PUT, read
+    # back.
+    "trello": (7, 1, 2 + CHANGED, 3 * CHANGED),
+    # 3 task pages + events + 2 batched GETs (subtasks, stories) per task, 10 per batch;
+    # events; events + batches; per update: PUT + 4 batch GETs (version, read back).
+    "asana": (1 + math.ceil(N / 100) + math.ceil(2 * N / 10), 1, 1 + 2, 5 * CHANGED),
+    # one SOQL query (2,000 a batch); one; one; one collections PATCH (200 a request).
+    "salesforce": (1, 1, 1, math.ceil(CHANGED / 200)),
+    # deals (500 a page) + persons by id (100 an ask) + organizations + activities; one;
+    # deals + organizations + persons + activities per changed deal; per update: deal GET,
+    # PATCH, then its organization, person and activities read back.
+    "pipedrive": (1 + math.ceil(N / 100) + 1 + 1, 1, 3 + CHANGED, 5 * CHANGED),
+}
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def counts(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return measure(request.param, N)
+
+
+def test_every_connector_is_counted() -> None:
+    assert set(EXPECTED) == set(KINDS) == set(PAGE)
+
+
+def test_request_counts(counts: dict[str, Any]) -> None:
+    kind = counts["kind"]
+    got = tuple(
+        counts[p]["requests"] for p in ("full", "incremental_0", "incremental_1pct", "push")
+    )
+    assert counts["changed"] == CHANGED and counts["pushed"] == CHANGED
+    assert got == EXPECTED[kind], {p: counts[p]["by_call"] for p in ("full", "push")}
+
+
+def test_targets_of_issue_12(counts: dict[str, Any]) -> None:
+    """The targets the APIs allow: a full pull is its pages plus a few metadata calls
+    (Asana: plus the batched per-task reads it forces), an idle pull is one request."""
+    kind = counts["kind"]
+    forced = math.ceil(2 * N / 10) if kind == "asana" else 0
+    assert counts["full"]["requests"] <= math.ceil(N / PAGE[kind]) + 6 + forced
+    assert counts["incremental_0"]["requests"] == 1
