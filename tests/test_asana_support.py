@@ -16,7 +16,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from bridge.emulator import Exchange
 from connectors.asana.connector import AsanaConfig, AsanaConnector
 from connectors.asana.emulator import AsanaEmulator, AsanaState
-from connectors.asana.seed import Seeded, seed
+from connectors.asana.seed import Seeded, SeededProjects, seed, seed_projects
 
 BOT_TOKEN = "bot-pat-0123456789"
 HUMAN_TOKEN = "li-pat-0123456789"
@@ -116,9 +116,13 @@ class SpecCheck:
 class AsanaWorld:
     """A seeded emulator on a real port, and connectors as the bot and as a person."""
 
-    def __init__(self, tasks: int = 0, **config: Any) -> None:
+    def __init__(self, tasks: int = 0, *, projects: int | None = None, **config: Any) -> None:
         self.state = AsanaState()
         self.seeded: Seeded = seed(self.state, tasks=tasks)
+        self.team: SeededProjects | None = None
+        """The "projects" layout's team, seeded only when ``projects`` is given."""
+        if projects is not None:
+            self.team = seed_projects(self.state, self.seeded, projects=projects)
         self.emulator = AsanaEmulator(
             self.state,
             tokens={BOT_TOKEN: self.seeded.bot, HUMAN_TOKEN: self.seeded.users[HUMAN]},
@@ -151,6 +155,14 @@ class AsanaWorld:
         self.connectors.append(c)
         return c
 
+    def projects_connector(
+        self, name: str = "asana", *, token: str = BOT_TOKEN, **config: Any
+    ) -> AsanaConnector:
+        """A connector in the "projects" layout, on the seeded team."""
+        assert self.team is not None, "world(projects=...) seeds the team"
+        settings = {"layout": "projects", "project": None, "team": self.team.team, **config}
+        return self.connector(name, token=token, **settings)
+
     def person(self) -> AsanaConnector:
         """The connector a person (Li Wei) would use: edits made 'in Asana'."""
         return self.connector("li", token=HUMAN_TOKEN)
@@ -162,8 +174,8 @@ class AsanaWorld:
         return self.state.section_gid(self.seeded.pipeline, name)
 
 
-def world(tasks: int = 0, **config: Any) -> Iterator[AsanaWorld]:
-    w = AsanaWorld(tasks, **config).start()
+def world(tasks: int = 0, *, projects: int | None = None, **config: Any) -> Iterator[AsanaWorld]:
+    w = AsanaWorld(tasks, projects=projects, **config).start()
     try:
         yield w
     finally:
