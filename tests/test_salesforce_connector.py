@@ -469,3 +469,129 @@ def test_bad_configs_say_what_to_fix(settings: dict[str, Any], message: str) -> 
     }  # fmt: skip
     with pytest.raises(ValueError, match=message):
         SalesforceConfig.model_validate({**base, **settings})
+
+
+# --------------------------------------------------------------------------- writing children
+
+CHILD_FIELDS = ("Name", "OpportunityContactRoles", "Tasks.Completed", "Tasks.Open")
+
+
+def writes(emulator: SalesforceEmulator) -> int:
+    return sum(emulator.controls.count(m) for m in ("POST", "PATCH", "DELETE"))
+
+
+def test_stakeholders_are_written_as_contacts_and_roles(
+    org: SalesforceOrg, emulator: SalesforceEmulator, crm: SalesforceConnector
+) -> None:
+    spec = spec_for(crm)
+    account = org.insert("Account", {"Name": "Globex"})
+    ref = org.insert("Opportunity", opportunity(AccountId=account))
+    mei = org.insert("Contact", {"FirstName": "Mei", "LastName": "Chen", "Title": "CFO",
+                                 "Email": "mei@globex.example"})  # fmt: skip
+    org.insert("OpportunityContactRole", {"OpportunityId": ref, "ContactId": mei,
+                                          "Role": "Economic Buyer"})  # fmt: skip
+    sam = org.insert("Contact", {"FirstName": "Sam", "LastName": "Ortiz",
+                                 "Email": "Sam@Globex.example"})  # fmt: skip
+    wanted: list[dict[str, Any]] = [
+        {"name": "Sam Ortiz", "title": "CTO", "role": "decision_maker", "attitude": "unknown",
+         "email": "sam@globex.example"},
+        {"name": "Ana Maria Lima", "title": None, "role": "technical_buyer",
+         "attitude": "unknown", "email": "ana@globex.example"},
+        {"name": "Kim", "title": None, "role": "other", "attitude": "unknown", "email": None},
+    ]  # fmt: skip
+    record = crm.update(ref, spec.to_remote({"stakeholders": wanted}), expected_version=None)
+    assert spec.to_canonical(record)["stakeholders"] == wanted
+
+    # Sam was found by e-mail (any case) and given the title; Ana and Kim were created under
+    # the opportunity's account; Mei lost her role here but is still a contact.
+    roles = [r for r in org.records["OpportunityContactRole"].values() if not r["IsDeleted"]]
+    assert sorted(r["ContactId"] for r in roles if r["ContactId"] in (sam, mei)) == [sam]
+    assert org.records["Contact"][sam]["Title"] == "CTO"
+    assert not org.records["Contact"][mei]["IsDeleted"]
+    (ana,) = [c for c in org.records["Contact"].values() if c["Email"] == "ana@globex.example"]
+    assert (ana["FirstName"], ana["LastName"], ana["AccountId"]) == ("Ana Maria", "Lima", account)
+
+    # Written again: nothing to do. A changed role is one PATCH.
+    before = writes(emulator)
+    crm.update(ref, spec.to_remote({"stakeholders": wanted}), expected_version=None)
+    assert writes(emulator) == before
+    wanted[0]["role"] = "champion"
+    record = crm.update(ref, spec.to_remote({"stakeholders": wanted}), expected_version=None)
+    assert spec.to_canonical(record)["stakeholders"] == wanted
+    assert writes(emulator) == before + 1
+
+    # A new order reads back as written (roles out of place are made again, contacts kept).
+    wanted.reverse()
+    record = crm.update(ref, spec.to_remote({"stakeholders": wanted}), expected_version=None)
+    assert spec.to_canonical(record)["stakeholders"] == wanted
+    assert len([c for c in org.records["Contact"].values() if not c["IsDeleted"]]) == 4
+
+
+def test_next_steps_and_actions_are_written_as_tasks_and_read_back_unchanged(
+    org: SalesforceOrg, emulator: SalesforceEmulator, crm: SalesforceConnector
+) -> None:
+    spec = spec_for(crm)
+    ref = org.insert("Opportunity", opportunity())
+    li = org.user_id("li.wei@acme.example")
+    org.insert("Task", {"WhatId": ref, "Subject": "Kick-off", "ActivityDate": "2024-03-20",
+                        "OwnerId": li})  # fmt: skip
+    org.insert("Task", {"WhatId": ref, "Subject": "Old plan", "OwnerId": li})
+    steps = [
+        {"what": "Kick-off", "owner": {"name": "Li Wei", "email": "li.wei@example.com"},
+         "due": "2024-03-20"},
+        {"what": "Send proposal", "owner": {"name": "Li W.", "email": "li.wei@example.com"},
+         "due": "2024-04-02"},
+        {"what": "Legal review", "owner": {"name": "Pat", "email": "pat@partner.example"},
+         "due": None},
+        {"what": "Follow up", "owner": None, "due": "2024-04-09"},
+    ]  # fmt: skip
+    actions = [
+        {"what": "Discovery call", "at": "2024-02-20T10:30:00Z", "by": "li.wei@example.com"},
+        {"what": "Demo", "at": "2024-02-27T15:00:00Z", "by": "someone@elsewhere.example"},
+    ]
+    changes = spec.to_remote({"next_steps": steps, "actions": actions})
+    record = crm.update(ref, changes, expected_version=None)
+    values = spec.to_canonical(record)
+    assert (values["next_steps"], values["actions"]) == (steps, actions)
+    tasks = [t for t in org.records["Task"].values() if not t["IsDeleted"]]
+    assert sorted(t["Subject"] for t in tasks if t["Status"] == "Completed") == [
+        "Demo", "Discovery call",
+    ]  # fmt: skip
+    assert "Old plan" not in {t["Subject"] for t in tasks}
+    (proposal,) = [t for t in tasks if t["Subject"] == "Send proposal"]
+    assert (proposal["OwnerId"], proposal["IsClosed"]) == (li, False)
+
+    before = writes(emulator)
+    crm.update(ref, changes, expected_version=None)
+    assert writes(emulator) == before, "the same lists written again change nothing"
+
+    # A person reassigns a task in Salesforce: the marker no longer speaks for it.
+    org.update("Task", proposal["Id"], {"OwnerId": org.user_id("bob@acme.example")})
+    reread = crm.get(ref)
+    assert reread is not None
+    assert spec.to_canonical(reread)["next_steps"][1]["owner"] == {
+        "name": "Bob Lee", "email": "bob.lee@example.com",
+    }  # fmt: skip
+
+
+def test_child_lists_in_batch_writes_and_creates(
+    org: SalesforceOrg, crm: SalesforceConnector
+) -> None:
+    spec = spec_for(crm)
+    refs = [org.insert("Opportunity", opportunity(Name=f"Deal {i}")) for i in range(2)]
+    step = {"what": "Call back", "owner": None, "due": "2024-05-01"}
+    result = crm.update_many({
+        refs[0]: spec.to_remote({"next_steps": [step]}),
+        refs[1]: spec.to_remote({"name": "Renamed", "next_steps": [step]}),
+    })  # fmt: skip
+    assert all(isinstance(r, RemoteRecord) for r in result.values()), result
+    for ref in refs:
+        got = crm.get(ref)
+        assert got is not None and spec.to_canonical(got)["next_steps"] == [step]
+    stamp = new_stamp()
+    person = {"name": "Jo Park", "title": "COO", "role": "economic_buyer", "attitude": "unknown",
+              "email": "jo@initech.example"}  # fmt: skip
+    fields = spec.to_remote({"name": "New deal", "stage": "lead", "stakeholders": [person],
+                             "expected_close_date": "2024-09-30"})  # fmt: skip
+    created = crm.create(fields, stamp=stamp)
+    assert spec.to_canonical(created)["stakeholders"] == [person]

@@ -35,7 +35,15 @@ class SalesforceBridge:
     """The org (``crm``), a board tool (``board``), a store and the engine, wired as the runtime
     wires them."""
 
-    def __init__(self, emulator: SalesforceEmulator, org: SalesforceOrg, db_url: str) -> None:
+    def __init__(
+        self,
+        emulator: SalesforceEmulator,
+        org: SalesforceOrg,
+        db_url: str,
+        *,
+        board_fields: dict[str, str] | None = None,
+        board_mapping: str = "",
+    ) -> None:
         self.org, self.emulator = org, emulator
         self.crm = connect(emulator)
         text = MAPPING.read_text(encoding="utf-8").replace(
@@ -46,9 +54,12 @@ class SalesforceBridge:
         )
         self.crm.select(self.crm_spec.remote_fields_needed)  # what the runtime should call
         self.board_backend = MemoryBackend(clock=org.clock)
-        self.board = MemoryConnector("board", tool_config(), backend=self.board_backend)
+        config = tool_config()
+        config.fields.update(board_fields or {})
+        self.board = MemoryConnector("board", config, backend=self.board_backend)
         self.board_spec = parse_mapping(
-            mapping_text(), source=str(BOARD_MAPPING), schema=self.board.discover(),
+            mapping_text() + board_mapping, source=str(BOARD_MAPPING),
+            schema=self.board.discover(),
             connector="memory",
         )  # fmt: skip
         self.store = Store.open(db_url)
@@ -263,3 +274,78 @@ def test_a_malformed_record_is_quarantined_while_the_rest_sync(bridge: Salesforc
     bridge.settle()
     assert bridge.store.list_quarantine("crm") == []
     assert get_path(bridge.hub(bridge.project_of("crm", odd)), "probability") == 15
+
+
+BOARD_LISTS = """
+[fields.next_steps]
+remote = "Next steps"
+type = "json"
+
+[fields.actions]
+remote = "Actions"
+type = "json"
+"""
+
+
+def test_a_stakeholder_and_a_next_step_added_on_the_board_reach_salesforce_once(
+    org: SalesforceOrg, tmp_path: Path, salesforce_env: None
+) -> None:
+    with SalesforceEmulator(org, min_batch_size=1) as emulator:
+        bridge = SalesforceBridge(
+            emulator, org, f"sqlite:///{tmp_path / 'store.db'}",
+            board_fields={"Next steps": "json", "Actions": "json"}, board_mapping=BOARD_LISTS,
+        )  # fmt: skip
+        try:
+            ref = add_deal(org, "Listed deal")
+            bridge.settle()
+            pid = bridge.project_of("crm", ref)
+            person = {"name": "Mei Chen", "title": "CFO", "role": "economic_buyer",
+                      "attitude": "unknown", "email": "mei@globex.example"}  # fmt: skip
+            step = {"what": "Send proposal",
+                    "owner": {"name": "Li Wei", "email": "li.wei@example.com"},
+                    "due": "2024-04-02"}  # fmt: skip
+            action = {"what": "Discovery call", "at": "2024-02-28T10:00:00Z",
+                      "by": "pm@example.com"}  # fmt: skip
+            bridge.board_edit(
+                bridge.ref_of("board", pid), stakeholders=[person], next_steps=[step],
+                actions=[action],
+            )  # fmt: skip
+            report = bridge.sync()
+            assert report.ok, report.connectors
+            assert report.connectors["crm"].counts["pushed"] == 1
+
+            (contact,) = org.records["Contact"].values()
+            assert (contact["Name"], contact["Email"]) == ("Mei Chen", "mei@globex.example")
+            (role,) = org.records["OpportunityContactRole"].values()
+            assert (role["OpportunityId"], role["Role"]) == (ref, "Economic Decision Maker")
+            tasks = {t["Subject"]: t for t in org.records["Task"].values()}
+            assert tasks["Send proposal"]["Status"] == "Not Started"
+            assert tasks["Send proposal"]["OwnerId"] == org.user_id("li.wei@acme.example")
+            assert tasks["Discovery call"]["Status"] == "Completed"
+
+            # The next run plans nothing, and neither does a census that reads every record.
+            again = bridge.sync()
+            assert again.ok and not again.plan.rows(), again.plan.rows()
+            census = bridge.sync(full=True)
+            assert census.ok and not census.plan.rows(), census.plan.rows()
+            hub = bridge.hub(pid)
+            assert (hub["stakeholders"], hub["next_steps"], hub["actions"]) == (
+                [person], [step], [action],
+            )  # fmt: skip
+
+            # Done on the board: the next step becomes an action; Salesforce follows.
+            done = {
+                "what": "Send proposal",
+                "at": "2024-04-01T08:00:00Z",
+                "by": "li.wei@example.com",
+            }
+            bridge.board_edit(bridge.ref_of("board", pid), next_steps=[], actions=[action, done])
+            assert bridge.sync().ok
+            open_tasks = [t for t in org.records["Task"].values()
+                          if not t["IsDeleted"] and not t["IsClosed"]]  # fmt: skip
+            assert open_tasks == []
+            census = bridge.sync(full=True)
+            assert census.ok and not census.plan.rows(), census.plan.rows()
+            assert bridge.hub(pid)["actions"] == [action, done]
+        finally:
+            bridge.close()

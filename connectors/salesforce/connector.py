@@ -38,6 +38,7 @@ request through sObject Collections.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 import time
@@ -48,13 +49,14 @@ from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import quote, urlsplit
 
 import requests
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from requests.adapters import HTTPAdapter
 from simple_salesforce.api import Salesforce
 from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
 
 from bridge.errors import ConnectorError
 from bridge.http import RETRY_STATUSES, HttpClient
+from bridge.model import to_json_value
 from bridge.secrets import Secret, register_secret
 from connectors.base import (
     AuthError,
@@ -85,16 +87,26 @@ DONE_TASKS, OPEN_TASKS = "Tasks.Completed", "Tasks.Open"
 _VIRTUAL: dict[str, tuple[str, str, bool]] = {
     ACCOUNT: ("Account Name", "text", True),
     OWNER: ("Owner", "user", True),
-    ROLES: ("Contact Roles", "json", False),
-    DONE_TASKS: ("Completed Tasks", "json", False),
-    OPEN_TASKS: ("Open Tasks", "json", False),
+    ROLES: ("Contact Roles", "json", True),
+    DONE_TASKS: ("Completed Tasks", "json", True),
+    OPEN_TASKS: ("Open Tasks", "json", True),
 }
+_CHILDREN = (ROLES, DONE_TASKS, OPEN_TASKS)
 _ALWAYS = ("Id", "IsDeleted", "SystemModstamp", "LastModifiedDate", "LastModifiedBy.Email")
-_ROLE_QUERY = "(SELECT Role, IsPrimary, Contact.Name, Contact.Title, Contact.Email FROM {rel})"
-_TASK_QUERY = (
-    "(SELECT Subject, Status, IsClosed, ActivityDate, CompletedDateTime, LastModifiedDate, "
-    "Owner.Name, Owner.Email FROM Tasks ORDER BY ActivityDate)"
+# Children are read in creation order (the order the bridge writes a list in), without the
+# recycle bin (pulls are queryAll).
+_ROLE_COLUMNS = "Id, Role, IsPrimary, ContactId, Contact.Name, Contact.Title, Contact.Email"
+_TASK_COLUMNS = (
+    "Id, Subject, Status, IsClosed, ActivityDate, CompletedDateTime, LastModifiedDate, "
+    "Description, OwnerId, Owner.Name, Owner.Email"
 )
+_CHILD_ORDER = "WHERE IsDeleted = false ORDER BY CreatedDate, Id"
+_ROLE_QUERY = f"(SELECT {_ROLE_COLUMNS} FROM {{rel}} {_CHILD_ORDER})"  # noqa: S608
+_TASK_QUERY = f"(SELECT {_TASK_COLUMNS} FROM Tasks {_CHILD_ORDER})"  # noqa: S608
+# The last line of a Task's Description written by the bridge: what Salesforce cannot hold
+# (an action's time and author, a next step's owner who is no Salesforce user), and the OwnerId
+# it was written with: while the owner is unchanged the marker's values are read back.
+_MARKER = re.compile(r"\n?\[salesbridge: (\{.*\})\]\s*$")
 _SF_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$")
 # Errors about one record's values: the record is quarantined, the rest of the sync goes on.
 _RECORD_ERRORS = frozenset(
@@ -452,7 +464,8 @@ class SalesforceConnector(Connector[SalesforceConfig]):
 
     def create(self, fields: Mapping[str, Any], *, stamp: str) -> RemoteRecord:
         """An upsert on the external id: repeating it (after a lost response) creates nothing."""
-        body = self._body(fields, ref=stamp)
+        plain, children = self._split(fields, ref=stamp)
+        body = self._body(plain, ref=stamp)
         key = f"{self.config.external_id_field}/{quote(stamp, safe='')}"
         path = f"sobjects/{SOBJECT}/{key}"
         result = self._call(lambda sf: sf.restful(path, method="PATCH", json=body), ref=stamp)
@@ -461,6 +474,7 @@ class SalesforceConnector(Connector[SalesforceConfig]):
             raise FatalError(
                 f"{self.name}: the upsert of {stamp} returned no id", connector=self.name
             )
+        self._write_children(rid, children)
         created = self.get(rid)
         if created is None:
             raise FatalError(
@@ -473,7 +487,8 @@ class SalesforceConnector(Connector[SalesforceConfig]):
     ) -> RemoteRecord:
         """PATCH the changed fields. With ``expected_version``, ``If-Unmodified-Since`` makes
         Salesforce refuse (412) a record modified since then, to the second."""
-        body = self._body(changes, ref=ref)
+        plain, children = self._split(changes, ref=ref)
+        body = self._body(plain, ref=ref)
         headers = {}
         if expected_version:
             at = _position(expected_version)
@@ -481,9 +496,18 @@ class SalesforceConnector(Connector[SalesforceConfig]):
             headers["If-Unmodified-Since"] = format_datetime(at, usegmt=True)
         try:
             path = f"sobjects/{SOBJECT}/{quote(ref, safe='')}"
-            self._call(
-                lambda sf: sf.restful(path, method="PATCH", json=body, headers=headers), ref=ref
-            )
+            if body:
+                self._call(
+                    lambda sf: sf.restful(path, method="PATCH", json=body, headers=headers),
+                    ref=ref,
+                )
+            elif expected_version:  # only child records change: check the version by reading
+                now = self.get(ref)
+                if now is None or now.version != expected_version:
+                    raise StaleVersion(
+                        ref, expected_version, now.version if now else None, connector=self.name
+                    )
+            self._write_children(ref, children)
         except StaleVersion:
             now = self.get(ref)
             raise StaleVersion(
@@ -511,17 +535,22 @@ class SalesforceConnector(Connector[SalesforceConfig]):
         """
         out: dict[str, RemoteRecord | ConnectorError] = {}
         items: list[tuple[str, dict[str, Any]]] = []
+        children: dict[str, dict[str, Any]] = {}
         for ref, fields in changes.items():
             try:
-                items.append(
-                    (
-                        ref,
-                        {"attributes": {"type": SOBJECT}, "id": ref, **self._body(fields, ref=ref)},
-                    )
-                )
+                plain, children[ref] = self._split(fields, ref=ref)
+                body = self._body(plain, ref=ref)
             except SkippableRecord as exc:
                 out[ref] = exc
+                continue
+            if body:
+                items.append((ref, {"attributes": {"type": SOBJECT}, "id": ref, **body}))
+            else:
+                out[ref] = RemoteRecord(
+                    ref=ref, version="", fields=dict(fields), url=self._url(ref)
+                )
         self._collection("composite/sobjects", items, changes, out, upsert=False)
+        self._write_children_many(children, out)
         return out
 
     def create_many(
@@ -534,21 +563,17 @@ class SalesforceConnector(Connector[SalesforceConfig]):
         out: dict[str, RemoteRecord | ConnectorError] = {}
         ext = self.config.external_id_field
         bodies: list[tuple[str, dict[str, Any]]] = []
+        children: dict[str, dict[str, Any]] = {}
         for stamp, fields in items.items():
             try:
-                bodies.append(
-                    (
-                        stamp,
-                        {
-                            "attributes": {"type": SOBJECT},
-                            ext: stamp,
-                            **self._body(fields, ref=stamp),
-                        },
-                    )
-                )
+                plain, children[stamp] = self._split(fields, ref=stamp)
+                body = self._body(plain, ref=stamp)
             except SkippableRecord as exc:
                 out[stamp] = exc
+                continue
+            bodies.append((stamp, {"attributes": {"type": SOBJECT}, ext: stamp, **body}))
         self._collection(f"composite/sobjects/{SOBJECT}/{ext}", bodies, items, out, upsert=True)
+        self._write_children_many(children, out)
         return out
 
     def _collection(
@@ -583,6 +608,224 @@ class SalesforceConnector(Connector[SalesforceConfig]):
                     out[key] = SkippableRecord(
                         key, f"Salesforce refused it: {code}: {message}", connector=self.name
                     )
+
+    # ------------------------------------------------------------------ child records
+
+    def _split(
+        self, fields: Mapping[str, Any], *, ref: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(Opportunity fields, child lists checked and in canonical form)."""
+        plain = {k: v for k, v in fields.items() if k not in _CHILDREN}
+        children: dict[str, Any] = {}
+        for key, path in (
+            (ROLES, "stakeholders"),
+            (DONE_TASKS, "actions"),
+            (OPEN_TASKS, "next_steps"),
+        ):
+            if key in fields:
+                try:
+                    children[key] = to_json_value(path, fields[key] or [])
+                except ValidationError as exc:
+                    raise SkippableRecord(
+                        ref,
+                        f"{key}: not a list of {path}: {exc.errors()[0]['msg']}",
+                        connector=self.name,
+                        payload=dict(fields),
+                    ) from None
+        return plain, children
+
+    def _write_children_many(
+        self,
+        children: Mapping[str, Mapping[str, Any]],
+        out: dict[str, RemoteRecord | ConnectorError],
+    ) -> None:
+        for key, lists in children.items():
+            result = out.get(key)
+            if lists and isinstance(result, RemoteRecord):
+                try:
+                    self._write_children(result.ref, lists)
+                except (SkippableRecord, StaleVersion) as exc:
+                    out[key] = exc
+
+    def _write_children(self, rid: str, children: Mapping[str, Any]) -> None:
+        """Make the opportunity's contact roles and tasks read back as ``children`` say."""
+        if ROLES in children:
+            self._write_roles(rid, children[ROLES])
+        if DONE_TASKS in children or OPEN_TASKS in children:
+            self._write_tasks(rid, children)
+
+    def _children(self, rid: str, sobject: str, columns: str, parent: str) -> list[dict[str, Any]]:
+        soql = (
+            f"SELECT {columns} FROM {sobject} WHERE {parent} = {_quote(rid)} "  # noqa: S608
+            "ORDER BY CreatedDate, Id"
+        )
+        rows: list[dict[str, Any]] = self._call(lambda sf: sf.query_all(soql)["records"], ref=rid)
+        return rows
+
+    def _save(self, sobject: str, rid: str | None, body: Mapping[str, Any], *, ref: str) -> str:
+        """Create (``rid`` None) or update one child record; return its id."""
+        if rid is None:
+            made = self._call(
+                lambda sf: sf.restful(f"sobjects/{sobject}", method="POST", json=dict(body)),
+                ref=ref,
+            )
+            return str((made or {}).get("id"))
+        path = f"sobjects/{sobject}/{quote(rid, safe='')}"
+        self._call(lambda sf: sf.restful(path, method="PATCH", json=dict(body)), ref=ref)
+        return rid
+
+    def _delete(self, sobject: str, rid: str, *, ref: str) -> None:
+        path = f"sobjects/{sobject}/{quote(rid, safe='')}"
+        self._call(lambda sf: sf.restful(path, method="DELETE"), ref=ref)
+
+    def _write_roles(self, rid: str, wanted: list[dict[str, Any]]) -> None:
+        """Contact roles in the order of ``wanted``: contacts found by e-mail (else by name) or
+        created; roles added, changed, or removed (the Contact itself is never deleted)."""
+        rows = self._children(rid, "OpportunityContactRole", _ROLE_COLUMNS, "OpportunityId")
+        known: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            contact = dict(r.get("Contact") or {})
+            contact["Id"] = r["ContactId"]
+            known.setdefault(r["ContactId"], contact)
+        account: list[str | None] = []
+        targets = [(self._contact_for(rid, w, known, account), w) for w in wanted]
+        current = [(r["ContactId"], r["Id"], r) for r in rows]
+        keep, gone, new = _reconcile(current, targets)
+        for role_id in gone:
+            self._delete("OpportunityContactRole", role_id, ref=rid)
+        for role_id, row, w in keep:
+            if self._stakeholder(row)["role"] != w["role"]:
+                self._save(
+                    "OpportunityContactRole", role_id, {"Role": self._role_name(w["role"])}, ref=rid
+                )
+        for contact_id, w in new:
+            body = {
+                "OpportunityId": rid,
+                "ContactId": contact_id,
+                "Role": self._role_name(w["role"]),
+            }
+            self._save("OpportunityContactRole", None, body, ref=rid)
+
+    def _role_name(self, role: str) -> str | None:
+        """The Salesforce role read back as ``role`` (else the one read as "other")."""
+        for want in (role, "other"):
+            for name, canonical in self.config.contact_roles.items():
+                if canonical == want:
+                    return name
+        return None
+
+    def _contact_for(
+        self,
+        rid: str,
+        person: Mapping[str, Any],
+        known: dict[str, dict[str, Any]],
+        account: list[str | None],
+    ) -> str:
+        """The Contact of a stakeholder, matched by e-mail, else by name (among contacts with
+        no e-mail), created if none; its name, title and e-mail are made the stakeholder's."""
+        email, name = person.get("email"), person["name"]
+
+        def same(c: Mapping[str, Any]) -> bool:
+            if email:
+                return bool((c.get("Email") or "").casefold() == email.casefold())
+            return bool(c.get("Name") == name and not c.get("Email"))
+
+        contact = next((c for c in known.values() if same(c)), None)
+        if contact is None:
+            where = f"Email = {_quote(email)}" if email else f"Name = {_quote(name)}"
+            soql = (
+                f"SELECT Id, Name, Title, Email FROM Contact WHERE {where} "  # noqa: S608
+                "ORDER BY CreatedDate, Id"
+            )
+            rows = self._call(lambda sf: sf.query_all(soql)["records"], ref=rid)
+            contact = next((dict(c) for c in rows if same(c)), None)
+        first, _, last = name.strip().rpartition(" ")
+        names = {"FirstName": first or None, "LastName": last or name}
+        if contact is None:
+            if not account:
+                opp = self._call(
+                    lambda sf: sf.restful(f"sobjects/{SOBJECT}/{rid}?fields=AccountId"), ref=rid
+                )
+                account.append((opp or {}).get("AccountId"))
+            body = {**names, "Title": person.get("title"), "Email": email, "AccountId": account[0]}
+            cid = self._save("Contact", None, {k: v for k, v in body.items() if v}, ref=rid)
+            contact = {"Id": cid, "Name": name, "Title": person.get("title"), "Email": email}
+        else:
+            changes: dict[str, Any] = {}
+            if contact.get("Name") != name:
+                changes.update(names)
+            if (contact.get("Title") or None) != person.get("title"):
+                changes["Title"] = person.get("title")
+            if (contact.get("Email") or None) != email:
+                changes["Email"] = email
+            if changes:
+                self._save("Contact", contact["Id"], changes, ref=rid)
+                contact.update(Name=name, Title=person.get("title"), Email=email)
+        known[contact["Id"]] = contact
+        return str(contact["Id"])
+
+    def _write_tasks(self, rid: str, children: Mapping[str, Any]) -> None:
+        """Open Tasks for next steps, Completed Tasks for actions, matched by subject and due
+        date (next steps) or subject and time (actions), in the order given."""
+        rows = self._children(rid, "Task", _TASK_COLUMNS, "WhatId")
+        for col, path, closed in (
+            (OPEN_TASKS, "next_steps", False),
+            (DONE_TASKS, "actions", True),
+        ):
+            if col not in children:
+                continue
+            mine = [t for t in rows if bool(t.get("IsClosed")) == closed]
+            items = to_json_value(path, [_task_item(t) for t in mine])
+            current = [(_task_key(i), t["Id"], (t, i)) for t, i in zip(mine, items, strict=True)]
+            wanted = [(_task_key(w), w) for w in children[col]]
+            keep, gone, new = _reconcile(current, wanted)
+            for task_id in gone:
+                self._delete("Task", task_id, ref=rid)
+            for task_id, (task, item), w in keep:
+                if item != w:
+                    self._save("Task", task_id, self._task_body(w, task), ref=rid)
+            for _, w in new:
+                self._save("Task", None, {"WhatId": rid, **self._task_body(w, None)}, ref=rid)
+
+    def _task_body(self, item: Mapping[str, Any], task: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A Task's fields for a next step (``owner``) or an action (``at``), with the marker."""
+        users = self._user_index()
+        if "at" in item:
+            who: Any = item.get("by")
+            marker: dict[str, Any] = {"at": item["at"], "by": item.get("by")}
+            body: dict[str, Any] = {"Subject": item["what"], "Status": "Completed"}
+            if task is None:
+                body["ActivityDate"] = str(item["at"])[:10]
+        else:
+            who = (item.get("owner") or {}).get("email")
+            marker = {"owner": item.get("owner")}
+            body = {"Subject": item["what"], "ActivityDate": item.get("due")}
+            if task is None:
+                body["Status"] = "Not Started"
+        user = users.get((who or "").lower()) if isinstance(who, str) else None
+        owner = user.id if user else self._running_user()
+        if owner is not None:
+            body["OwnerId"] = owner
+        elif task is not None:
+            owner = task.get("OwnerId")
+        text = _MARKER.sub("", (task or {}).get("Description") or "")
+        line = "[salesbridge: " + json.dumps({**marker, "as": owner}, sort_keys=True) + "]"
+        body["Description"] = f"{text}\n{line}" if text else line
+        return body
+
+    def _running_user(self) -> str | None:
+        """The integration user's id (tasks with no Salesforce owner are assigned to it)."""
+        user = self._user_index().get(self.config.username or "")
+        return user.id if user else None
+
+    def _stakeholder(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        contact = row.get("Contact") or {}
+        return {
+            "name": contact.get("Name") or "(unknown contact)",
+            "title": contact.get("Title"),
+            "email": contact.get("Email"),
+            "role": self.config.contact_roles.get(row.get("Role") or "", "other"),
+        }
 
     # ------------------------------------------------------------------ helpers
 
@@ -654,41 +897,11 @@ class SalesforceConnector(Connector[SalesforceConfig]):
             }
         if col == ROLES:
             rows = (raw.get(ROLES) or {}).get("records", [])
-            return [
-                {
-                    "name": (r.get("Contact") or {}).get("Name") or "(unknown contact)",
-                    "title": (r.get("Contact") or {}).get("Title"),
-                    "email": (r.get("Contact") or {}).get("Email"),
-                    "role": self.config.contact_roles.get(r.get("Role") or "", "other"),
-                }
-                for r in rows
-            ]
+            return [self._stakeholder(r) for r in rows]
         if col in (DONE_TASKS, OPEN_TASKS):
             tasks = (raw.get("Tasks") or {}).get("records", [])
-            if col == DONE_TASKS:
-                return [
-                    {
-                        "what": t.get("Subject") or "",
-                        "at": _iso(
-                            parse_datetime(t.get("CompletedDateTime") or t["LastModifiedDate"])
-                        ),
-                        "by": (t.get("Owner") or {}).get("Email"),
-                    }
-                    for t in tasks
-                    if t.get("IsClosed")
-                ]
-            return [
-                {
-                    "what": t.get("Subject") or "",
-                    "owner": {
-                        "name": (t.get("Owner") or {}).get("Name"),
-                        "email": (t.get("Owner") or {}).get("Email"),
-                    },
-                    "due": t.get("ActivityDate"),
-                }
-                for t in tasks
-                if not t.get("IsClosed")
-            ]
+            closed = col == DONE_TASKS
+            return [_task_item(t) for t in tasks if bool(t.get("IsClosed")) == closed]
         value: Any = raw
         for part in col.split("."):
             value = value.get(part) if isinstance(value, Mapping) else None
@@ -700,14 +913,7 @@ class SalesforceConnector(Connector[SalesforceConfig]):
         """Remote fields as the API's JSON body: names to ids, read-only keys refused."""
         body: dict[str, Any] = {}
         for key, value in fields.items():
-            if key in (ROLES, DONE_TASKS, OPEN_TASKS):
-                raise SkippableRecord(
-                    ref,
-                    f"{key} is read-only in this connector",
-                    connector=self.name,
-                    payload=dict(fields),
-                )
-            if key == self.config.external_id_field:
+            if key in _CHILDREN or key == self.config.external_id_field:
                 continue
             if key == ACCOUNT:
                 body["AccountId"] = None if value is None else self._account_id(str(value))
@@ -770,6 +976,74 @@ class SalesforceConnector(Connector[SalesforceConfig]):
         self._sf = None
         self._session.close()
         self.http.close()
+
+
+K = TypeVar("K")
+W = TypeVar("W")
+C_ = TypeVar("C_")
+
+
+def _reconcile(
+    current: list[tuple[K, str, C_]], wanted: list[tuple[K, W]]
+) -> tuple[list[tuple[str, C_, W]], list[str], list[tuple[K, W]]]:
+    """Turn ``current`` (key, id, item; in creation order) into ``wanted`` (key, item).
+
+    Returns (kept: id, current item, wanted item), (ids to delete), (to create, in order).
+    Kept records keep their place, so a record out of the wanted order is deleted and
+    created again after the others: the creation order then reads back as ``wanted``.
+    """
+    keep: list[tuple[str, C_, W]] = []
+    new: list[tuple[K, W]] = []
+    gone: list[str] = []
+    at = 0
+    for key, item in wanted:
+        found = None
+        if not new:
+            found = next((j for j in range(at, len(current)) if current[j][0] == key), None)
+        if found is None:
+            new.append((key, item))
+            continue
+        gone.extend(cid for _, cid, _ in current[at:found])
+        keep.append((current[found][1], current[found][2], item))
+        at = found + 1
+    gone.extend(cid for _, cid, _ in current[at:])
+    return keep, gone, new
+
+
+def _task_key(item: Mapping[str, Any]) -> tuple[str, Any]:
+    return (item["what"], item["at"] if "at" in item else item.get("due"))
+
+
+def _marker(description: Any) -> dict[str, Any]:
+    m = _MARKER.search(description) if isinstance(description, str) else None
+    if m is None:
+        return {}
+    try:
+        found = json.loads(m.group(1))
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _task_item(t: Mapping[str, Any]) -> dict[str, Any]:
+    """A Task as an action (closed) or a next step (open); the marker's values stand while the
+    task keeps the owner the bridge gave it."""
+    marker = _marker(t.get("Description"))
+    owner = t.get("Owner") or {}
+    same = "as" in marker and marker["as"] == t.get("OwnerId")
+    if t.get("IsClosed"):
+        if "at" in marker:
+            at = marker["at"]
+        else:
+            at = _iso(parse_datetime(t.get("CompletedDateTime") or t["LastModifiedDate"]))
+        by = marker.get("by") if same and "at" in marker else owner.get("Email")
+        return {"what": t.get("Subject") or "", "at": at, "by": by}
+    who = (
+        marker.get("owner")
+        if same and "owner" in marker
+        else {"name": owner.get("Name"), "email": owner.get("Email")}
+    )
+    return {"what": t.get("Subject") or "", "owner": who, "due": t.get("ActivityDate")}
 
 
 def _quote(text: str) -> str:
