@@ -340,6 +340,69 @@ def test_tasks_sync_as_checklists_and_deliverables_are_read(
         assert got.fields["tasks"] == tasks, "the deliverables checklist is not a task list"
 
 
+def test_deliverables_and_comments_are_written_so_they_read_back_unchanged(
+    emulator: TrelloEmulator, board: SalesBoard, env: None
+) -> None:
+    deliverables = [
+        {"kind": "proposal", "title": "Proposal", "stage": "proposal", "status": "submitted"},
+        {"kind": "contract", "title": "Contract v2", "stage": None, "status": "approved",
+         "approved_at": "2026-04-01T12:00:00Z"},
+        {"kind": "sow", "title": None, "stage": "signing", "status": "missing",
+         "link": "https://example.com/sow?id=1&v=2", "submitted_at": "2026-03-30T08:00:00Z"},
+    ]  # fmt: skip
+    actions = [
+        {"what": "Called Bob", "at": "2026-01-01T10:00:00Z", "by": "bob@example.com"},
+        {"what": "Sent the deck", "at": "2026-01-02T11:30:00.250000Z", "by": None},
+    ]
+    with TrelloConnector("trello", config(emulator, board.board)) as c:
+        created = c.create(
+            {"name": "Both ways", "deliverables": deliverables, "comments": actions},
+            stamp=new_stamp(),
+        )
+        assert created.fields["deliverables"] == deliverables
+        assert created.fields["comments"] == actions
+        names = [
+            emulator.checklists[x]["name"] for x in emulator.cards[created.ref]["idChecklists"]
+        ]
+        assert names == ["Deliverables: proposal", "Deliverables", "Deliverables: signing"]
+
+        c.counter.snapshot(reset=True)
+        again = c.update(
+            created.ref,
+            {"deliverables": deliverables, "comments": actions},
+            expected_version=created.version,
+        )
+        assert again.version == created.version
+        assert c.counter.snapshot().total == 2, "read, then read back: nothing written"
+
+        # A person ticks the submitted proposal, then takes back the contract's approval.
+        xids = emulator.cards[created.ref]["idChecklists"]
+        proposal = emulator.checklists[xids[0]]["checkItems"][0]["id"]
+        contract = emulator.checklists[xids[1]]["checkItems"][0]["id"]
+        emulator.set_check_item(created.ref, proposal, state="complete", actor="li.wei")
+        emulator.set_check_item(created.ref, contract, state="incomplete", actor="li.wei")
+        emulator.comment(created.ref, "Nice", actor="chen.jing")
+        got = c.get(created.ref)
+        assert got is not None
+        assert [d["status"] for d in got.fields["deliverables"]] == [
+            "approved", "submitted", "missing",
+        ]  # fmt: skip
+
+        # Back to the hub's view: the two items are re-ticked, the rest left alone.
+        current = got.fields["comments"]
+        assert current[:2] == actions and current[2]["by"] == "chen.jing"
+        before = len(emulator.board_actions(board.board))
+        back = c.update(
+            created.ref,
+            {"deliverables": deliverables, "comments": actions[:1]},
+            expected_version=got.version,
+        )
+        assert back.fields["deliverables"] == deliverables
+        assert back.fields["comments"] == current, "comments are never deleted"
+        kinds = [a["type"] for a in emulator.board_actions(board.board)[before:]]
+        assert kinds == ["updateCheckItemStateOnCard", "updateCheckItemStateOnCard"]
+
+
 def test_discover_reports_lists_fields_labels_and_members(
     emulator: TrelloEmulator, board: SalesBoard, env: None
 ) -> None:
@@ -362,7 +425,8 @@ def test_discover_reports_lists_fields_labels_and_members(
         assert schema.resolve("priority")[0].options == ("Low", "Medium", "High", "Critical")
         assert {u.username for u in schema.users} >= {"li.wei", "wang.fang", "chen.jing"}
         assert all(u.email is None for u in schema.users)
-        assert not schema.resolve("comments")[0].writable
+        assert schema.resolve("comments")[0].writable, "actions are written as new comments"
+        assert not schema.resolve("created")[0].writable
 
 
 # --------------------------------------------------------------------------- errors

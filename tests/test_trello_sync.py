@@ -33,10 +33,22 @@ KEY, TOKEN = "trello-sync-key-1234", "trello-sync-token-5678"
 class Sync:
     """A CRM (memory tool), a Trello board and the engine, wired as ``bridge.runtime`` does."""
 
-    def __init__(self, tmp_path: Path, emu: TrelloEmulator, board: SalesBoard) -> None:
+    def __init__(
+        self, tmp_path: Path, emu: TrelloEmulator, board: SalesBoard, *, lists: bool = False
+    ) -> None:
         self.emu, self.board = emu, board
         self.crm_tool = MemoryBackend()
-        crm_config = MemoryConfig(fields=dict(TOOL_FIELDS), stage_values=list(STAGE_NAMES.values()))
+        crm_fields = dict(TOOL_FIELDS)
+        crm_mapping = REPO / "mappings" / "memory.toml"
+        if lists:  # a CRM that also keeps deliverables and actions
+            crm_fields.update({"Deliverables": "json", "Actions": "json"})
+            crm_mapping = tmp_path / "memory.toml"
+            crm_mapping.write_text(
+                (REPO / "mappings" / "memory.toml").read_text()
+                + '\n[fields.deliverables]\nremote = "Deliverables"\ntype = "json"\n'
+                + '\n[fields.actions]\nremote = "Actions"\ntype = "json"\n'
+            )
+        crm_config = MemoryConfig(fields=crm_fields, stage_values=list(STAGE_NAMES.values()))
         self.crm = MemoryConnector("crm", crm_config, backend=self.crm_tool)
         self.trello = TrelloConnector(
             "board",
@@ -51,7 +63,7 @@ class Sync:
         self.waits: list[float] = []
         self.trello.http._sleep = self.waits.append  # retries wait without sleeping
         self.specs = {
-            "crm": load_mapping(REPO / "mappings" / "memory.toml", self.crm.discover()),
+            "crm": load_mapping(crm_mapping, self.crm.discover()),
             "board": load_mapping(REPO / "mappings" / "trello.toml", self.trello.discover()),
         }
         self.store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
@@ -96,6 +108,17 @@ def sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sync]:
     monkeypatch.setenv("TRELLO_TOKEN", TOKEN)
     with TrelloEmulator(key=KEY, token=TOKEN, enforce_limits=False) as emu:
         s = Sync(tmp_path, emu, sales_board(emu))
+        yield s
+        s.close()
+
+
+@pytest.fixture
+def rich(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sync]:
+    """As ``sync``, with a CRM that keeps deliverables and actions too."""
+    monkeypatch.setenv("TRELLO_KEY", KEY)
+    monkeypatch.setenv("TRELLO_TOKEN", TOKEN)
+    with TrelloEmulator(key=KEY, token=TOKEN, enforce_limits=False) as emu:
+        s = Sync(tmp_path, emu, sales_board(emu), lists=True)
         yield s
         s.close()
 
@@ -301,3 +324,136 @@ def test_archiving_a_card_unlinks_it(sync: Sync) -> None:
     assert sync.crm.get(deals[0]) is not None, "nothing is deleted elsewhere"
     assert len(sync.emu.cards) == 6, "and the card is not created again"
     assert get_path(sync.store.get_project(sync.project_of("crm", deals[1])) or {}, "name")
+
+
+# --------------------------------------------------------------------------- deliverables, comments
+
+
+def assert_nothing_planned(report: SyncReport, *, only: tuple[str, ...] = ()) -> None:
+    """No echo: the read-back of what was written is no news anywhere (``only``: for these
+    fields; a census also fills the pull-only fields of cards the bridge created)."""
+    assert_quiet(report)
+    rows = [(r["field"], r["new"]) for r in report.plan.rows()]
+    assert [r for r in rows if not only or r[0] in only] == [], rows
+
+
+def _items(emu: TrelloEmulator, card: str) -> dict[str, list[tuple[str, str]]]:
+    """The card's checklists: name -> [(item name, state)]."""
+    return {
+        emu.checklists[x]["name"]: [
+            (i["name"], i["state"]) for i in emu.checklists[x]["checkItems"]
+        ]
+        for x in emu.cards[card]["idChecklists"]
+    }
+
+
+def _comments(emu: TrelloEmulator, card: str) -> list[str]:
+    return [
+        a["data"]["text"]
+        for a in emu.board_actions(emu.cards[card]["idBoard"])
+        if a["type"] == "commentCard" and a["data"]["card"]["id"] == card
+    ]
+
+
+DELIVERABLES = [
+    {"kind": "needs_analysis", "stage": "qualification", "title": "needs analysis",
+     "status": "approved", "approved_at": "2026-03-02T10:00:00Z"},
+    {"kind": "proposal", "stage": "proposal", "title": "Proposal", "status": "draft"},
+    {"kind": "pricing_sheet", "stage": "proposal", "title": None, "status": "submitted",
+     "link": "https://docs.example.com/pricing/7"},
+]  # fmt: skip
+ACTIONS = [
+    {"what": "Kick-off call", "at": "2026-03-01T09:00:00Z", "by": "li.wei@example.com"},
+    {"what": "Sent the proposal\nwith two options", "at": "2026-03-05T16:30:00Z", "by": None},
+]
+
+
+def test_deliverables_and_actions_are_written_back_without_echo(rich: Sync) -> None:
+    deal = rich.crm_add(name="Acme", stage="proposal", deliverables=DELIVERABLES, actions=ACTIONS)
+    assert rich.run().ok
+    pid = rich.project_of("crm", deal)
+    card = rich.ref_in("board", pid)
+    assert _items(rich.emu, card) == {
+        "Deliverables: qualification": [
+            ("needs analysis [approved] [salesbridge: approved=2026-03-02T10:00:00Z]", "complete")
+        ],
+        "Deliverables: proposal": [
+            ("Proposal [draft]", "incomplete"),
+            ("pricing_sheet [submitted] [salesbridge: untitled; "
+             "link=https://docs.example.com/pricing/7]", "incomplete"),
+        ],
+    }  # fmt: skip
+    assert _comments(rich.emu, card) == [
+        "Kick-off call\n[salesbridge: 2026-03-01T09:00:00Z by li.wei@example.com]",
+        "Sent the proposal\nwith two options\n[salesbridge: 2026-03-05T16:30:00Z by ]",
+    ]
+    hub = rich.store.get_project(pid)
+    assert hub is not None
+    got = rich.card_values(card)
+    assert (got["deliverables"], got["actions"]) == (hub["deliverables"], hub["actions"])
+    assert_nothing_planned(rich.run())
+    assert_nothing_planned(rich.run(full=True), only=("deliverables", "actions"))
+
+    # The CRM moves the proposal on: the item is renamed, nothing is added.
+    moved = [*DELIVERABLES[:1], {**DELIVERABLES[1], "status": "submitted"}, DELIVERABLES[2]]
+    added = [*ACTIONS, {"what": "Pricing call", "at": "2026-03-09T08:00:00Z", "by": None}]
+    changes = rich.specs["crm"].to_remote({"deliverables": moved, "actions": added})
+    rich.crm_tool.edit(deal, changes, actor="li.wei@example.com")
+    assert rich.run().ok
+    items = _items(rich.emu, card)
+    assert items["Deliverables: proposal"][0] == ("Proposal [submitted]", "incomplete")
+    assert len(items) == 2 and len(items["Deliverables: proposal"]) == 2
+    assert len(_comments(rich.emu, card)) == 3, "only the new action is commented"
+    assert_nothing_planned(rich.run())
+
+    # A person approves it by ticking the item, and comments.
+    xid = rich.emu.cards[card]["idChecklists"][1]
+    item = rich.emu.checklists[xid]["checkItems"][0]["id"]
+    rich.emu.set_check_item(card, item, state="complete", actor="chen.jing")
+    rich.emu.comment(card, "Customer signed off", actor="chen.jing")
+    assert rich.run().ok
+    crm = rich.crm_values(deal)
+    assert crm["deliverables"][1]["status"] == "approved"
+    assert crm["actions"][-1]["what"] == "Customer signed off"
+    assert crm["actions"][-1]["by"] == "chen.jing"
+    assert len(_comments(rich.emu, card)) == 4, "a person's comment is not written again"
+    assert_nothing_planned(rich.run())
+    assert_nothing_planned(rich.run(full=True), only=("deliverables", "actions"))
+
+
+def test_a_person_made_checklist_is_kept_and_read_as_before(rich: Sync) -> None:
+    card = rich.emu.add_card(rich.board.lists["Proposal"], "Globex", actor="wang.fang")
+    checklist = rich.emu.add_checklist(card, "Deliverables: proposal", actor="wang.fang")
+    rich.emu.add_check_item(checklist, "Proposal document", checked=True, actor="wang.fang")
+    rich.emu.add_check_item(checklist, "Pricing", actor="wang.fang")
+    rich.emu.comment(card, "Met the CFO", actor="wang.fang")
+    assert rich.run().ok
+    deal = rich.ref_in("crm", rich.project_of("board", card))
+    crm = rich.crm_values(deal)
+    assert [(d["kind"], d["status"]) for d in crm["deliverables"]] == [
+        ("proposal_document", "approved"), ("pricing", "missing"),
+    ]  # fmt: skip
+    assert [(a["what"], a["by"]) for a in crm["actions"]] == [("Met the CFO", "wang.fang")]
+    assert_nothing_planned(rich.run())
+
+    # The CRM drafts the pricing: only that item changes; the person's checklist stays.
+    drafted = [crm["deliverables"][0], {**crm["deliverables"][1], "status": "draft"}]
+    rich.crm_tool.edit(
+        deal, rich.specs["crm"].to_remote({"deliverables": drafted}), actor="li.wei@example.com"
+    )
+    assert rich.run().ok
+    assert _items(rich.emu, card) == {
+        "Deliverables: proposal": [
+            ("Proposal document", "complete"), ("Pricing [draft]", "incomplete"),
+        ]
+    }  # fmt: skip
+    assert_nothing_planned(rich.run())
+
+    # The CRM drops every deliverable: the items go, the checklist a person made stays.
+    rich.crm_tool.edit(
+        deal, rich.specs["crm"].to_remote({"deliverables": []}), actor="li.wei@example.com"
+    )
+    assert rich.run().ok
+    assert _items(rich.emu, card) == {"Deliverables: proposal": []}
+    assert_nothing_planned(rich.run())
+    assert_nothing_planned(rich.run(full=True), only=("deliverables", "actions"))

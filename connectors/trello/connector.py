@@ -22,8 +22,10 @@ id                 display name  value
 ``tasks``          Tasks         check items of the checklists named after a stage key
                                  (or "Tasks": no stage): ``{title, stage, done, due}``
 ``deliverables``   Deliverables  check items of checklists named "Deliverables[: stage]":
-                                 ``{kind, title, stage, status}``, complete = approved
-``comments``       Comments      ``{what, at, by}``, oldest first (canonical actions)
+                                 ``{kind, title, stage, status}`` (see *Deliverables*)
+``comments``       Comments      ``{what, at, by}`` (canonical actions), by time; a
+                                 comment the bridge wrote ends in a marker line
+                                 ``[salesbridge: <at> by <by>]`` giving both
 ``created``        Created       the card's creation time (from its id)
 (display name)     (same)        each custom field: text, number, date (date-time
                                  text), checkbox (bool) or list (the option's text)
@@ -48,12 +50,30 @@ with nested data: ``3 + ceil((A + 1) / 1000)`` requests for A actions.
 **Writing.** Trello has no conditional writes, so ``update(expected_version=...)`` reads the
 card first (one request) and refuses with StaleVersion if it changed. Card attributes go in one
 ``PUT /cards/{id}``, custom fields in one ``PUT /cards/{id}/customFields``, tasks as checklist
-edits; the card is then read back. **Stamps** are a marker line ``[salesbridge:<id>]`` at the end
+edits, deliverables as check item edits, actions as new comments; the card is then read
+back. **Stamps** are a marker line ``[salesbridge:<id>]`` at the end
 of the description: it needs no set-up on the board (a custom field needs one defined on every
 board), people see it, and ``find_by_stamp`` finds it with one ``GET /boards/{id}/cards`` per
 board (Trello's search index lags behind writes, which is exactly when an interrupted create is
 looked for). A person deleting the marker unlinks nothing (the link is kept by card id), but a
 copied card carries it too; the original (older) card wins.
+
+**Deliverables.** A check item holds a name and complete/incomplete; a deliverable has four
+statuses. The bridge writes a deliverable as an item named ``<title> [<status>]`` (its kind
+when it has no title), complete iff approved, in the checklist "Deliverables: <stage>" (plain
+"Deliverables" without a stage). What the name cannot say (a kind that is not the title's slug,
+no title, a link, submitted/approved times) goes in a trailing ``[salesbridge: key=value; ...]``
+so the item reads back as exactly the deliverable written. Reading: a ticked item is approved
+whatever its name says (a person approved it); an unticked one has the status in its name,
+except that an unticked "[approved]" (a person took the approval back) is submitted; an item
+without a status reads missing. Writes change only items that do not already read as wanted:
+create the missing, rename or (un)tick the changed, delete items the hub no longer has; a
+checklist is never deleted.
+
+**Comments** are only ever added, never edited or deleted: an action the card does not show
+yet (same text and time) becomes a comment ``<what>`` + ``\n[salesbridge: <at> by <by>]``,
+which reads back as that action, not as the bridge's account commenting now. Comments without
+the marker read with Trello's own time and author.
 """
 
 from __future__ import annotations
@@ -63,7 +83,7 @@ import hmac
 import json
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -98,6 +118,11 @@ DEFAULT_RATE_LIMIT = RateLimit(requests=9, per=1.0)
 ACTIONS_PAGE = 1000
 _ID = re.compile(r"^[0-9a-fA-F]{24}$")
 _MARKER = re.compile(r"\s*\[salesbridge:([^\]\s]+)\]")
+_COMMENT_MARK = re.compile(r"\n\[salesbridge: (\S+) by (.*)\]\Z")
+_ITEM_MARK = re.compile(r"\s*\[salesbridge: ([^\]]*)\]\Z")
+_ITEM_STATUS = re.compile(r"\s*[\[(](missing|draft|submitted|approved)[\])]\Z", re.IGNORECASE)
+_EXTRAS = {"link": "link", "submitted": "submitted_at", "approved": "approved_at"}
+"""Marker keys of a deliverable item -> the deliverable's keys."""
 _CARD = {
     "fields": "all",
     "customFieldItems": "true",
@@ -116,8 +141,8 @@ _BUILTIN = (
     RemoteField("owner", "Owner", "member"),
     RemoteField("members", "Members", "multi"),
     RemoteField("tasks", "Tasks", "json"),
-    RemoteField("deliverables", "Deliverables", "json", writable=False),
-    RemoteField("comments", "Comments", "json", writable=False),
+    RemoteField("deliverables", "Deliverables", "json"),
+    RemoteField("comments", "Comments", "json"),
     RemoteField("created", "Created", "datetime", writable=False),
 )
 _FIELD_TYPES = {"text": "text", "number": "number", "date": "datetime", "checkbox": "checkbox"}
@@ -125,6 +150,8 @@ _VALUE_KEY = {"checkbox": "checked"}
 """Where an item's value sits, when not under the field's type: ``{"checked": "true"}``."""
 _SCHEMA_ACTIONS = frozenset({"updateCustomField", "deleteCustomField", "createCustomField"})
 _CARD_ATTRS = {"name", "desc", "list", "due", "start", "dueComplete", "labels", "owner", "members"}
+_LISTS = ("tasks", "deliverables", "comments")
+"""Fields written as checklist and comment edits once the card exists."""
 
 
 class TrelloConfig(ConnectorConfig):
@@ -279,12 +306,12 @@ class TrelloConnector(Connector[TrelloConfig]):
         desc = _with_stamp(fields.pop("desc", "") or "", stamp)
         params = {"idList": list_id, "desc": desc, "pos": "bottom"}
         params.update(self._card_params(board, stamp, fields, current_members=[]))
-        tasks, custom = fields.pop("tasks", None), self._custom_items(board, stamp, fields)
+        lists = {k: fields.pop(k) for k in _LISTS if k in fields}
+        custom = self._custom_items(board, stamp, fields)
         card = self.http.decode_json(self.http.request("POST", "cards", params=params))
         if custom:
             self._put_custom(card["id"], custom)
-        if tasks:
-            self._write_tasks({**card, "checklists": []}, tasks)
+        self._write_lists({**card, "checklists": []}, {k: v for k, v in lists.items() if v}, {})
         return self._written(card["id"])
 
     def update(
@@ -304,14 +331,13 @@ class TrelloConnector(Connector[TrelloConfig]):
         if "list" in changes:
             params["idList"] = self._list_id(board, changes.pop("list"), ref)
         params.update(self._card_params(board, ref, changes, card.get("idMembers") or []))
-        has_tasks, tasks = "tasks" in changes, changes.pop("tasks", None)
+        lists = {k: changes.pop(k) or [] for k in _LISTS if k in changes}
         custom = self._custom_items(board, ref, changes)
         if params:
             self.http.request("PUT", f"cards/{ref}", params=params)
         if custom:
             self._put_custom(ref, custom)
-        if has_tasks:
-            self._write_tasks(card, tasks or [])
+        self._write_lists(card, lists, current.fields)
         return self._written(ref)
 
     def archive(self, ref: str) -> None:
@@ -471,11 +497,7 @@ class TrelloConnector(Connector[TrelloConfig]):
                 members[m].get("username") for m in card.get("idMembers") or [] if m in members
             ],
             "created": trello_time(datetime.fromtimestamp(int(ref[:8], 16), UTC)),
-            "comments": [
-                {"what": a["data"].get("text"), "at": a["date"], "by": _actor(a)}
-                for a in actions
-                if a.get("type") == "commentCard"
-            ],
+            "comments": _comments(actions),
             **self._checklists(card.get("checklists") or []),
         }
         items = {i.get("idCustomField"): i for i in card.get("customFieldItems") or []}
@@ -521,15 +543,7 @@ class TrelloConnector(Connector[TrelloConfig]):
             items = sorted(checklist.get("checkItems") or [], key=lambda i: i.get("pos") or 0)
             if name.casefold().startswith(prefix):
                 stage = _stage(name[len(prefix) :].strip(" :-·"))
-                deliverables += [
-                    {
-                        "kind": _stage(i["name"]) or "deliverable",
-                        "title": i["name"],
-                        "stage": stage,
-                        "status": "approved" if i.get("state") == "complete" else "missing",
-                    }
-                    for i in items
-                ]
+                deliverables += [_deliverable(i, stage) for i in items]
             else:
                 stage = None if name.casefold() == "tasks" else _stage(name)
                 tasks += [
@@ -595,6 +609,97 @@ class TrelloConnector(Connector[TrelloConfig]):
 
     def _put_custom(self, ref: str, items: list[Json]) -> None:
         self.http.request("PUT", f"cards/{ref}/customFields", json={"customFieldItems": items})
+
+    def _write_lists(self, card: Json, lists: Json, current: Mapping[str, Any]) -> None:
+        """Write tasks, deliverables and comments (``lists``) to a card read as ``current``."""
+        if "tasks" in lists:
+            self._write_tasks(card, lists["tasks"])
+        if "deliverables" in lists:
+            self._write_deliverables(card, lists["deliverables"])
+        if "comments" in lists:
+            self._write_comments(card["id"], lists["comments"], current.get("comments") or [])
+
+    def _write_comments(self, ref: str, wanted: list[Json], current: list[Json]) -> None:
+        """Add the actions the card does not show yet as comments (never edit or delete one)."""
+        have = Counter(_action_key(a) for a in current)
+        for action in wanted:
+            key = _action_key(action)
+            if have[key] > 0:
+                have[key] -= 1
+                continue
+            text = _comment_text(action)
+            self.http.request("POST", f"cards/{ref}/actions/comments", json={"text": text})
+
+    def _write_deliverables(self, card: Json, wanted: list[Json]) -> None:
+        """Make the deliverable checklists read as ``wanted``: keep the items that already do,
+        rename or (un)tick those of the same deliverable, add the missing, delete the rest."""
+        prefix = self.config.deliverables_checklist
+        wanted = [_deliverable_shape(d) for d in wanted]
+        checklists = [
+            c
+            for c in sorted(card.get("checklists") or [], key=lambda c: c.get("pos") or 0)
+            if (c.get("name") or "").strip().casefold().startswith(prefix.casefold())
+        ]
+        have: list[tuple[Json, Json, Json]] = []  # (checklist, item, as it reads)
+        for checklist in checklists:
+            stage = _stage((checklist.get("name") or "").strip()[len(prefix) :].strip(" :-·"))
+            for item in sorted(checklist.get("checkItems") or [], key=lambda i: i.get("pos") or 0):
+                have.append((checklist, item, _deliverable(item, stage)))
+        if [h[2] for h in have] == wanted:
+            return
+        placed: dict[int, int] = {}  # wanted index -> have index
+        for i, d in enumerate(wanted):  # items that already read as wanted stay as they are
+            used = set(placed.values())
+            j = next((j for j, h in enumerate(have) if h[2] == d and j not in used), None)
+            if j is not None:
+                placed[i] = j
+        for i, d in enumerate(wanted):  # the same deliverable in another state: edit the item
+            if i in placed:
+                continue
+            j = next(
+                (
+                    j
+                    for j, h in enumerate(have)
+                    if j not in placed.values()
+                    and _stage(h[2]["stage"] or "") == _stage(d["stage"] or "")
+                    and (h[2]["kind"], h[2]["title"]) == (d["kind"], d["title"])
+                ),
+                None,
+            )
+            if j is None:
+                continue
+            placed[i] = j
+            _, item, _ = have[j]
+            name, state = _item_name(d), "complete" if d["status"] == "approved" else "incomplete"
+            params = {k: v for k, v in (("name", name), ("state", state)) if item.get(k) != v}
+            if params:
+                path = f"cards/{card['id']}/checkItem/{item['id']}"
+                self.http.request("PUT", path, params=params)
+        for j, (checklist, item, _) in enumerate(have):
+            if j not in placed.values():
+                self.http.request("DELETE", f"checklists/{checklist['id']}/checkItems/{item['id']}")
+        targets: dict[str | None, str] = {}
+        for checklist in checklists:
+            name = (checklist.get("name") or "").strip()[len(prefix) :].strip(" :-·")
+            targets.setdefault(_stage(name), checklist["id"])
+        for i, d in enumerate(wanted):
+            if i in placed:
+                continue
+            stage = _stage(d["stage"] or "")
+            if stage not in targets:
+                name = f"{prefix}: {d['stage']}" if d["stage"] else prefix
+                created = self.http.decode_json(
+                    self.http.request(
+                        "POST", "checklists", params={"idCard": card["id"], "name": name}
+                    )
+                )
+                targets[stage] = created["id"]
+            params = {
+                "name": _item_name(d),
+                "checked": "true" if d["status"] == "approved" else "false",
+                "pos": "bottom",
+            }
+            self.http.request("POST", f"checklists/{targets[stage]}/checkItems", params=params)
 
     def _write_tasks(self, card: Json, tasks: list[Json]) -> None:
         """Make the card's task checklists hold exactly ``tasks`` (by title, per stage)."""
@@ -722,6 +827,102 @@ def _user(member: Json) -> Json:
 def _actor(action: Json) -> str | None:
     creator = action.get("memberCreator") or {}
     return creator.get("username") or action.get("idMemberCreator")
+
+
+def _comments(actions: list[Json]) -> list[Json]:
+    """The card's comments as canonical actions, by time (a bridge comment by its marker's)."""
+    found = []
+    for action in actions:
+        if action.get("type") != "commentCard":
+            continue
+        text = str((action.get("data") or {}).get("text") or "")
+        mark = _COMMENT_MARK.search(text)
+        if mark:
+            what, at, by = text[: mark.start()], mark.group(1), mark.group(2) or None
+        else:
+            what, at, by = text, action["date"], _actor(action)
+        found.append(({"what": what, "at": at, "by": by}, _instant(at) or _instant(action["date"])))
+    found.sort(key=lambda x: x[1] or datetime.min.replace(tzinfo=UTC))
+    return [a for a, _ in found]
+
+
+def _comment_text(action: Mapping[str, Any]) -> str:
+    at = action.get("at")
+    at = at.isoformat() if isinstance(at, datetime) else str(at)
+    return f"{action.get('what') or ''}\n[salesbridge: {at} by {action.get('by') or ''}]"
+
+
+def _instant(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        return parse_trello_time(str(value))
+    except ValueError:
+        return None
+
+
+def _action_key(action: Mapping[str, Any]) -> tuple[Any, Any]:
+    at = action.get("at")
+    return action.get("what"), _instant(at) or at
+
+
+def _deliverable(item: Json, stage: str | None) -> Json:
+    """A check item of a deliverables checklist as a canonical deliverable."""
+    text = str(item.get("name") or "")
+    extras: dict[str, str] = {}
+    mark = _ITEM_MARK.search(text)
+    if mark:
+        text = text[: mark.start()]
+        for part in mark.group(1).split("; "):
+            key, _, value = part.partition("=")
+            extras[key.strip()] = value
+    written = _ITEM_STATUS.search(text)
+    if written:
+        text = text[: written.start()]
+    text = text.strip()
+    status = written.group(1).lower() if written else "missing"
+    if item.get("state") == "complete":
+        status = "approved"
+    elif status == "approved":
+        status = "submitted"  # a person took the approval back
+    found: Json = {
+        "kind": extras.get("kind") or _stage(text) or "deliverable",
+        "title": None if "untitled" in extras else text,
+        "stage": stage,
+        "status": status,
+    }
+    for key, canonical in _EXTRAS.items():
+        if extras.get(key):
+            found[canonical] = extras[key]
+    return found
+
+
+def _deliverable_shape(d: Mapping[str, Any]) -> Json:
+    """A canonical deliverable as :func:`_deliverable` reads it back (None values dropped)."""
+    out: Json = {
+        "kind": str(d.get("kind") or "deliverable"),
+        "title": d.get("title") or None,
+        "stage": d.get("stage") or None,
+        "status": str(d.get("status") or "missing"),
+    }
+    for canonical in _EXTRAS.values():
+        value = d.get(canonical)
+        if value:
+            out[canonical] = value.isoformat() if isinstance(value, datetime) else str(value)
+    return out
+
+
+def _item_name(d: Json) -> str:
+    """The check item name that reads back as deliverable ``d`` (see _deliverable)."""
+    text = d["title"] or d["kind"]
+    extras = []
+    if (_stage(text) or "deliverable") != d["kind"]:
+        extras.append(f"kind={d['kind']}")
+    if d["title"] is None:
+        extras.append("untitled")
+    extras += [f"{key}={d[canonical]}" for key, canonical in _EXTRAS.items() if canonical in d]
+    name = f"{text} [{d['status']}]"
+    return f"{name} [salesbridge: {'; '.join(extras)}]" if extras else name
 
 
 def _stage(name: str) -> str | None:
