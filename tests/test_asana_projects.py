@@ -6,15 +6,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bridge.errors import SkippableRecord
+from bridge.sync import SyncReport
 from connectors.asana.connector import AsanaConfig, AsanaConnector
 from connectors.base import Connector, Cursor, Page
 from tests.contract import ConnectorContract, new_stamp
 from tests.test_asana_support import HUMAN, AsanaWorld, world
+from tests.test_asana_sync import Duo
 
 OWNER = {"id": None, "name": "Li Wei", "email": HUMAN, "username": None}
 EVENTS = "/api/1.0/events"
@@ -323,3 +326,78 @@ def test_a_412_loop_falls_back_to_modified_since_instead_of_a_census(
         pages, _ = pull_all(c, cursor)  # the 412 brought a token: events again
         assert [p.records for p in pages] == [[]]
         assert w.emulator.controls.count() == 1
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+PROJECTS_MAPPING = Path(__file__).resolve().parent.parent / "mappings" / "asana-projects.toml"
+USD = {"amount": "1200", "currency": "USD"}
+
+
+@pytest.fixture
+def duo(tmp_path: Path) -> Iterator[Duo]:
+    for w in world(projects=2):
+        d = Duo(
+            f"sqlite:///{tmp_path / 'store.db'}", w, mapping=PROJECTS_MAPPING, layout="projects"
+        )
+        yield d
+        d.close()
+
+
+def ok(report: SyncReport) -> SyncReport:
+    assert report.ok, {n: r.error for n, r in report.connectors.items()}
+    return report
+
+
+def test_sync_projects_both_ways_through_the_engine(duo: Duo) -> None:
+    st = duo.asana.state
+    assert duo.asana.team is not None
+    seeded = duo.asana.team.projects
+    ref = duo.crm_add(name="Acme rollout", stage="proposal", amount=USD, priority="high",
+                      owner={"name": "Li Wei", "email": HUMAN})  # fmt: skip
+    ok(duo.sync())
+    # the CRM's project is an Asana project in the team, stamped, with its stage as "Stage"
+    project = duo.twin("crm", ref, "asana")
+    assert st.projects[project]["team"] == duo.asana.team.team
+    got = duo.asana_values(project)
+    assert (got["name"], got["stage"], got["priority"]) == ("Acme rollout", "proposal", "high")
+    assert got["amount"] == USD and got["owner"]["email"] == HUMAN
+    record = duo.tool.get(project)
+    assert record is not None and record.stamp == duo.project_of("crm", ref)
+    # Asana's own projects reached the CRM, with their tasks in the hub
+    for gid in seeded:
+        crm = duo.crm_values(duo.twin("asana", gid, "crm"))
+        assert crm["name"] == st.projects[gid]["name"]
+        hub = duo.store.get_project(duo.project_of("asana", gid))
+        assert hub is not None
+        assert [t["title"] for t in hub["tasks"]] == [
+            st.tasks[t]["name"] for t in st.projects[gid]["tasks"]
+        ]
+    ok(duo.sync())
+    duo.assert_converged()
+
+    # a stage change in Asana (the project's Stage field) and a new task reach the CRM
+    duo.asana_edit(project, Stage="Negotiation")
+    user = duo.asana.seeded.users[HUMAN]
+    duo.asana.emulator.request(
+        "POST", "/tasks", user=user, data={"name": "Legal review", "projects": [project]}
+    )
+    ok(duo.sync())
+    assert duo.crm_values(ref)["stage"] == "negotiation"
+    hub = duo.store.get_project(duo.project_of("crm", ref))
+    assert hub is not None and [t["title"] for t in hub["tasks"]] == ["Legal review"]
+    # a stage change in the CRM moves the Asana project's Stage
+    duo.crm_edit(ref, stage="signing")
+    ok(duo.sync())
+    stage = st.field_gid("Stage")
+    assert st.projects[project]["values"][stage] == st.option_gid(stage, "Signed")
+    ok(duo.sync())
+    duo.assert_converged()
+
+    # a quiet cycle: the team listing and one events request per project, nothing read
+    controls = duo.asana.emulator.controls
+    controls.reset()
+    ok(duo.sync())
+    assert controls.count() == 1 + 3
+    assert controls.count("GET", "/api/1.0/events") == 3

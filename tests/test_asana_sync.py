@@ -18,7 +18,7 @@ from bridge.store import Store
 from bridge.sync import SyncEngine, SyncReport
 from connectors.asana.connector import AsanaConnector
 from connectors.memory import MemoryBackend, MemoryConnector
-from tests.test_asana_support import BOT_TOKEN, HUMAN, AsanaWorld, world
+from tests.test_asana_support import BOT_TOKEN, HUMAN, HUMAN_TOKEN, AsanaWorld, world
 from tests.test_sync_engine import mapping_text, tool_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,13 +28,25 @@ ASANA_MAPPING = REPO / "mappings" / "asana.toml"
 class Duo:
     """A CRM (memory) and Asana wired to one store and engine, as ``bridge.runtime`` does."""
 
-    def __init__(self, db_url: str, asana: AsanaWorld, policy: str = "newest_wins") -> None:
+    def __init__(
+        self,
+        db_url: str,
+        asana: AsanaWorld,
+        policy: str = "newest_wins",
+        *,
+        mapping: Path = ASANA_MAPPING,
+        layout: str = "tasks",
+    ) -> None:
         self.asana = asana
         self.crm_backend = MemoryBackend()
         self.crm = MemoryConnector("crm", tool_config(), backend=self.crm_backend)
-        self.tool: AsanaConnector = asana.connector("asana", max_attempts=5)
-        self.person = asana.person()
-        text = ASANA_MAPPING.read_text(encoding="utf-8").replace(
+        if layout == "projects":
+            self.tool: AsanaConnector = asana.projects_connector("asana", max_attempts=5)
+            self.person = asana.projects_connector("li", token=HUMAN_TOKEN)
+        else:
+            self.tool = asana.connector("asana", max_attempts=5)
+            self.person = asana.person()
+        text = mapping.read_text(encoding="utf-8").replace(
             'conflict_policy = "newest_wins"', f'conflict_policy = "{policy}"'
         )
         self.specs: dict[str, MappingSpec] = {
@@ -42,7 +54,7 @@ class Duo:
                 mapping_text(policy), schema=self.crm.discover(), connector="memory"
             ),
             "asana": parse_mapping(
-                text, source=str(ASANA_MAPPING), schema=self.tool.discover(), connector="asana"
+                text, source=str(mapping), schema=self.tool.discover(), connector="asana"
             ),
         }
         self.store = Store.open(db_url)
