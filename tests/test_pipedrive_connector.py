@@ -415,3 +415,75 @@ def pull_all(
         records.extend(page.records)
         cursor = page.cursor or cursor
     return records, cursor
+
+
+# --------------------------------------------------------------------------- writing activities
+
+
+def activity_writes(emu: PipedriveEmulator) -> int:
+    return sum(emu.controls.count(m, "/api/v2/activities") for m in ("POST", "PATCH", "DELETE"))
+
+
+def test_next_steps_and_actions_are_written_as_activities_and_read_back_unchanged(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    with make_connector(emulator) as conn:
+        deal = emulator.add_deal(
+            title="Acme", stage_id=emulator.stage_id("Sales pipeline", "Lead in")
+        )
+        emulator.add_activity(
+            deal, user_id=3, subject="Kick-off", due_date="2024-03-20", owner_id=3
+        )
+        emulator.add_activity(deal, user_id=3, subject="Old plan", owner_id=3)
+        steps = [
+            {"what": "Kick-off", "owner": {"name": "Li Wei", "email": "li.wei@example.com"},
+             "due": "2024-03-20"},
+            {"what": "Send proposal", "owner": {"name": "Li W.", "email": "li.wei@example.com"},
+             "due": "2024-04-02"},
+            {"what": "Legal review", "owner": {"name": "Pat", "email": "pat@partner.example"},
+             "due": None},
+            {"what": "Follow up", "owner": None, "due": "2024-04-09"},
+        ]  # fmt: skip
+        actions = [
+            {"what": "Discovery call", "at": "2024-02-20T10:30:00Z", "by": "li.wei@example.com"},
+            {"what": "Demo", "at": "2024-02-27T15:00:00Z", "by": "someone@elsewhere.example"},
+        ]
+        changes = {"next_steps": steps, "actions": actions}
+        record = conn.update(str(deal), changes, expected_version=None)
+        assert (record.fields["next_steps"], record.fields["actions"]) == (steps, actions)
+        live = [a for a in emulator.activities.values() if not a["is_deleted"]]
+        assert "Old plan" not in {a["subject"] for a in live}
+        (proposal,) = [a for a in live if a["subject"] == "Send proposal"]
+        assert (proposal["owner_id"], proposal["done"]) == (3, False)
+        assert sorted(a["subject"] for a in live if a["done"]) == ["Demo", "Discovery call"]
+
+        before = activity_writes(emulator)
+        again = conn.update(str(deal), changes, expected_version=record.version)
+        assert activity_writes(emulator) == before, "the same lists written again change nothing"
+        assert again.version == record.version
+
+        # A new order reads back as written; a person reassigning an activity is seen.
+        steps.reverse()
+        record = conn.update(str(deal), {"next_steps": steps}, expected_version=None)
+        assert record.fields["next_steps"] == steps
+        (proposal,) = [
+            a for a in emulator.activities.values()
+            if a["subject"] == "Send proposal" and not a["is_deleted"]
+        ]  # fmt: skip
+        emulator.edit_activity(proposal["id"], user_id=2, owner_id=2)
+        got = conn.get(str(deal))
+        assert got is not None
+        owners = {s["what"]: s["owner"] for s in got.fields["next_steps"]}
+        assert owners["Send proposal"] == {"name": "Jane Doe", "email": "jane@pipedrive.com"}
+
+
+def test_a_deal_created_with_next_steps_has_them(emulator: PipedriveEmulator, token: str) -> None:
+    emulator.add_deal_field("Salesbridge ID", "varchar")
+    with make_connector(emulator) as conn:
+        step = {"what": "Call back", "owner": None, "due": "2024-05-01"}
+        created = conn.create(
+            {"title": "New", "stage": "Sales pipeline / Lead in", "next_steps": [step]},
+            stamp="prj-0001",
+        )
+        assert created.fields["next_steps"] == [step]
+        assert created.stamp == "prj-0001"

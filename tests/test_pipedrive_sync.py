@@ -15,7 +15,7 @@ import pytest
 
 from bridge.demo import STAGE_NAMES, TOOL_FIELDS
 from bridge.http import Auth, HttpClient, RetryPolicy
-from bridge.mapping import MappingSpec, load_mapping, parse_mapping
+from bridge.mapping import MappingSpec, parse_mapping
 from bridge.model import get_path
 from bridge.store import Store
 from bridge.sync import SyncEngine, SyncReport
@@ -28,7 +28,15 @@ TOKEN_VAR = "SALESBRIDGE_TEST_PIPEDRIVE_TOKEN"
 
 
 class Bridge:
-    def __init__(self, db_url: str, *, token: str = API_TOKEN, crm_creates: bool = False) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        *,
+        token: str = API_TOKEN,
+        crm_creates: bool = False,
+        board_fields: dict[str, str] | None = None,
+        board_mapping: str = "",
+    ) -> None:
         self.emu = PipedriveEmulator(seed=False).start()
         self.sleeps: list[float] = []
         http = HttpClient(
@@ -42,7 +50,7 @@ class Bridge:
         self.crm = PipedriveConnector("crm", config, http=http)
         self.backend = MemoryBackend()
         board_config = MemoryConfig(
-            fields=dict(TOOL_FIELDS), stage_values=list(STAGE_NAMES.values())
+            fields={**TOOL_FIELDS, **(board_fields or {})}, stage_values=list(STAGE_NAMES.values())
         )
         self.board = MemoryConnector("board", board_config, backend=self.backend)
         text = (REPO / "mappings" / "pipedrive.toml").read_text(encoding="utf-8")
@@ -51,7 +59,11 @@ class Bridge:
         good = PipedriveConnector("crm", config)  # the schema, read with the right token
         self.specs: dict[str, MappingSpec] = {
             "crm": parse_mapping(text, schema=good.discover(), connector="pipedrive"),
-            "board": load_mapping(REPO / "mappings" / "memory.toml", self.board.discover()),
+            "board": parse_mapping(
+                (REPO / "mappings" / "memory.toml").read_text(encoding="utf-8") + board_mapping,
+                schema=self.board.discover(),
+                connector="memory",
+            ),
         }
         good.close()
         self.store = Store.open(db_url)
@@ -374,3 +386,61 @@ def test_mapping_file_checks_against_the_emulator_schema(bridge: Bridge) -> None
     assert {"stage", "amount", "priority", "custom.region"} <= spec.pushed_paths
     assert spec.sync.stamp_field == bridge.emu.field_key("Salesbridge ID")
     assert get_path({"a": {"b": 1}}, "a.b") == 1
+
+
+BOARD_LISTS = """
+[fields.next_steps]
+remote = "Next steps"
+type = "json"
+
+[fields.actions]
+remote = "Actions"
+type = "json"
+"""
+
+
+def test_a_next_step_added_on_the_board_reaches_pipedrive_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TOKEN_VAR, API_TOKEN)
+    b = Bridge(
+        f"sqlite:///{tmp_path / 'store.db'}",
+        board_fields={"Next steps": "json", "Actions": "json"},
+        board_mapping=BOARD_LISTS,
+    )
+    try:
+        deal = a_deal(b.emu)
+        assert b.sync().ok
+        pid = b.project_of("crm", str(deal))["id"]
+        step = {"what": "Send proposal", "owner": {"name": "Li Wei", "email": "li.wei@example.com"},
+                "due": "2026-04-02"}  # fmt: skip
+        other = {"what": "Site visit", "owner": {"name": "Pat", "email": "pat@partner.example"},
+                 "due": None}  # fmt: skip
+        action = {"what": "Discovery call", "at": "2026-02-28T10:00:00Z", "by": "pm@example.com"}
+        b.edit_card(b.card(pid), next_steps=[step, other], actions=[action])
+        report = b.sync()
+        assert report.ok, report.connectors
+        assert report.connectors["crm"].counts["pushed"] == 1
+        live = {a["subject"]: a for a in b.emu.activities.values() if not a["is_deleted"]}
+        assert (live["Send proposal"]["done"], live["Send proposal"]["owner_id"]) == (False, 3)
+        assert live["Send proposal"]["due_date"] == "2026-04-02"
+        assert live["Discovery call"]["done"] is True
+
+        # The next run plans nothing, and neither does a census that reads every deal.
+        again = b.sync()
+        assert again.ok and not again.plan.rows(), again.plan.rows()
+        census = b.sync(full=True)
+        assert census.ok and not census.plan.rows(), census.plan.rows()
+        hub = b.project_of("crm", str(deal))
+        assert (hub["next_steps"], hub["actions"]) == ([step, other], [action])
+
+        # Done on the board: the next step becomes a done activity.
+        done = {"what": "Send proposal", "at": "2026-04-01T08:00:00Z", "by": "li.wei@example.com"}
+        b.edit_card(b.card(pid), next_steps=[other], actions=[action, done])
+        assert b.sync().ok
+        census = b.sync(full=True)
+        assert census.ok and not census.plan.rows(), census.plan.rows()
+        assert b.crm_values(deal)["next_steps"] == [other]
+        assert b.crm_values(deal)["actions"] == [action, done]
+    finally:
+        b.close()

@@ -17,13 +17,20 @@ owner               ``owner_id`` as a user (matched by e-mail when written)     
 organization        ``org_id`` as the organization's name (found or created)       yes
 organization_id     ``org_id``                                                     no
 stakeholders        the contact person: [{name, title, role, attitude, email}]     no
-actions             done activities: [{what, at, by}]                              no
-next_steps          open activities: [{what, owner, due}]                          no
+actions             done activities: [{what, at, by}]                              yes
+next_steps          open activities: [{what, owner, due}]                          yes
 add_time ...        ``add_time``, ``update_time``, ``stage_change_time``,          no
                     ``close_time`` (UTC)
 <40-hex hash>       each custom field by its code; "Region" resolves to it by      per type
                     name. Options are labels, sets lists of labels, users users.
 ==================  =============================================================  ===========
+
+Activities are read in the order they were added, and written so that they read back unchanged:
+matched by subject and due date (next steps) or subject and time (actions), added, changed or
+deleted in the order given (one out of place is deleted and added again after the others). What
+Pipedrive cannot hold (an action's time and author, an owner who is no Pipedrive user) is kept
+on the note's last line, ``[salesbridge: {...}]``, with the owner it was written for: while the
+activity keeps that owner the note's values are read back.
 
 The canonical id is stamped in a text deal field (``stamp_field``, default "Salesbridge ID");
 ``find_by_stamp`` searches it with ``GET /api/v2/deals/search``.
@@ -46,6 +53,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -54,10 +62,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from bridge.errors import UserError
 from bridge.http import Auth, HttpClient
+from bridge.model import to_json_value
 from bridge.secrets import Secret
 from connectors.base import (
     Connector,
@@ -132,8 +141,8 @@ _STANDARD: tuple[RemoteField, ...] = (
     RemoteField("organization", "Organization"),
     RemoteField("organization_id", "Organization ID", writable=False),
     RemoteField("stakeholders", "Contact person", "json", writable=False),
-    RemoteField("actions", "Done activities", "json", writable=False),
-    RemoteField("next_steps", "Open activities", "json", writable=False),
+    RemoteField("actions", "Done activities", "json"),
+    RemoteField("next_steps", "Open activities", "json"),
     RemoteField("add_time", "Deal created", "datetime", writable=False),
     RemoteField("update_time", "Update time", "datetime", writable=False),
     RemoteField("stage_change_time", "Last stage change", "datetime", writable=False),
@@ -455,10 +464,15 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         meta = self._metadata()
         key = self._stamp_key(meta, required=True)
         assert key is not None
-        body = self._body(meta, fields, ref=stamp)
+        plain, lists = _split(fields, ref=stamp, connector=self.name)
+        body = self._body(meta, plain, ref=stamp)
         body["custom_fields"] = {**body.get("custom_fields", {}), key: stamp}
         body.setdefault("title", "(untitled)")
-        return self._written(self._send("POST", V2 + "deals", body), stamp)
+        deal = self._send("POST", V2 + "deals", body)
+        if lists and isinstance(deal, dict):
+            self._write_activities(meta, deal["id"], lists, ref=stamp)
+            deal = self._get(f"{V2}deals/{deal['id']}") or deal
+        return self._written(deal, stamp)
 
     def update(
         self, ref: str, changes: Mapping[str, Any], *, expected_version: str | None
@@ -466,14 +480,18 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         deal_id = _deal_id(ref)
         if deal_id is None:
             raise StaleVersion(ref, expected_version, None, connector=self.name)
-        body = self._body(self._metadata(), changes, ref=ref)
+        meta = self._metadata()
+        plain, lists = _split(changes, ref=ref, connector=self.name)
+        body = self._body(meta, plain, ref=ref)
         if expected_version is not None:
             current = self._get(f"{V2}deals/{deal_id}")
             actual = None if current is None else _version(current)
             if actual != expected_version:
                 raise StaleVersion(ref, expected_version, actual, connector=self.name)
         deal = self._send("PATCH", f"{V2}deals/{deal_id}", body) if body else None
-        if not body:
+        if lists and (deal is not None or not body):
+            self._write_activities(meta, deal_id, lists, ref=ref)
+        if not body or lists:
             deal = self._get(f"{V2}deals/{deal_id}")
         if deal is None:
             raise StaleVersion(ref, expected_version, None, connector=self.name)
@@ -774,6 +792,61 @@ class PipedriveConnector(Connector[PipedriveConfig]):
             body["custom_fields"] = custom
         return body
 
+    def _write_activities(
+        self, meta: _Meta, deal_id: int, lists: Mapping[str, list[Row]], *, ref: str
+    ) -> None:
+        """Make the deal's undone (next steps) and done (actions) activities read back as
+        ``lists`` say, in their order."""
+        acts = [a for page in self._list("activities", {"deal_id": deal_id}) for a in page]
+        acts = sorted((a for a in acts if not a.get("is_deleted")), key=lambda a: a.get("id") or 0)
+        for key, done in (("next_steps", False), ("actions", True)):
+            if key not in lists:
+                continue
+            mine = [a for a in acts if bool(a.get("done")) == done]
+            items = to_json_value(key, [_activity(meta, a) for a in mine])
+            now = {a["id"]: item for a, item in zip(mine, items, strict=True)}
+            current = [(_activity_key(now[a["id"]]), a) for a in mine]
+            keep, gone, new = _reconcile(current, lists[key])
+            for a in gone:
+                self._send("DELETE", f"{V2}activities/{a['id']}")
+            for a, item in keep:
+                if now[a["id"]] != item:
+                    self._send(
+                        "PATCH", f"{V2}activities/{a['id']}", self._activity_body(meta, item, a)
+                    )
+            for item in new:
+                body = {"deal_id": deal_id, **self._activity_body(meta, item, None)}
+                if self._send("POST", V2 + "activities", body) is None:
+                    raise StaleVersion(ref, None, None, connector=self.name)
+
+    def _activity_body(self, meta: _Meta, item: Mapping[str, Any], old: Row | None) -> Row:
+        """An activity's fields for a next step (``owner``) or an action (``at``)."""
+        if "at" in item:
+            who: Any = item.get("by")
+            marker: Row = {"at": item["at"], "by": item.get("by")}
+            body: Row = {"subject": item["what"], "done": True}
+            if old is None:
+                body["due_date"] = str(item["at"])[:10]
+        else:
+            who = (item.get("owner") or {}).get("email")
+            marker = {"owner": item.get("owner")}
+            body = {"subject": item["what"], "due_date": item.get("due"), "done": False}
+        owner = self._user_id(meta, who) if isinstance(who, str) else None
+        if owner is None:
+            owner = self._my_id(meta)
+        body["owner_id"] = owner
+        text = _MARKER.sub("", (old or {}).get("note") or "")
+        line = "[salesbridge: " + json.dumps({**marker, "as": owner}, sort_keys=True) + "]"
+        body["note"] = f"{text}\n{line}" if text else line
+        return body
+
+    def _my_id(self, meta: _Meta) -> int | None:
+        with self._lock:
+            if not hasattr(self, "_me"):
+                me = self._get(V1 + "users/me") or {}
+                self._me: int | None = me.get("id") if isinstance(me.get("id"), int) else None
+            return self._me
+
     def _stage_id(self, meta: _Meta, label: Any) -> int | None:
         if not isinstance(label, str):
             return None
@@ -873,27 +946,99 @@ def _stakeholder(person: Row) -> Row:
 
 
 def _activities(meta: _Meta, acts: list[Row]) -> tuple[list[Row], list[Row]]:
-    done, todo = [], []
-    for a in sorted(acts, key=lambda a: (a.get("due_date") or "", a.get("id") or 0)):
+    """(actions, next steps), each in the order the activities were added."""
+    done: list[Row] = []
+    todo: list[Row] = []
+    for a in sorted(acts, key=lambda a: a.get("id") or 0):
         if a.get("is_deleted"):
             continue
-        owner = meta.user(a.get("owner_id"))
-        if a.get("done"):
-            at = _time(a.get("marked_as_done_time") or a.get("update_time"))
-            done.append(
-                {
-                    "what": a.get("subject") or "",
-                    "at": at.isoformat().replace("+00:00", "Z") if at else None,
-                    "by": owner.get("email") if owner else None,
-                }
-            )
-        else:
-            person = {"name": owner["name"], "email": owner["email"]} if owner else None
-            todo.append(
-                {"what": a.get("subject") or "", "owner": person, "due": a.get("due_date") or None}
-            )
-    done.sort(key=lambda x: (x["at"] or "", x["what"]))
+        (done if a.get("done") else todo).append(_activity(meta, a))
     return done, todo
+
+
+def _activity(meta: _Meta, a: Row) -> Row:
+    """An activity as an action (done) or a next step; the note's marker stands while the
+    activity keeps the owner the bridge gave it."""
+    marker = _marker(a.get("note"))
+    same = "as" in marker and marker["as"] == a.get("owner_id")
+    owner = meta.user(a.get("owner_id"))
+    if a.get("done"):
+        if "at" in marker:
+            at_text = marker["at"]
+        else:
+            at = _time(a.get("marked_as_done_time") or a.get("update_time"))
+            at_text = at.isoformat().replace("+00:00", "Z") if at else None
+        by = marker.get("by") if same and "at" in marker else (owner or {}).get("email")
+        return {"what": a.get("subject") or "", "at": at_text, "by": by}
+    if same and "owner" in marker:
+        person = marker["owner"]
+    else:
+        person = {"name": owner["name"], "email": owner["email"]} if owner else None
+    return {"what": a.get("subject") or "", "owner": person, "due": a.get("due_date") or None}
+
+
+_MARKER = re.compile(r"\n?\[salesbridge: (\{.*\})\]\s*$")
+_LISTS = ("next_steps", "actions")
+
+
+def _marker(note: Any) -> Row:
+    m = _MARKER.search(note) if isinstance(note, str) else None
+    if m is None:
+        return {}
+    try:
+        found = json.loads(m.group(1))
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _activity_key(item: Mapping[str, Any]) -> tuple[str, Any]:
+    return (item["what"], item["at"] if "at" in item else item.get("due"))
+
+
+def _split(
+    fields: Mapping[str, Any], *, ref: str, connector: str
+) -> tuple[Row, dict[str, list[Row]]]:
+    """(deal fields, activity lists in canonical form)."""
+    plain = {k: v for k, v in fields.items() if k not in _LISTS}
+    lists: dict[str, list[Row]] = {}
+    for key in _LISTS:
+        if key in fields:
+            try:
+                lists[key] = to_json_value(key, fields[key] or [])
+            except ValidationError as exc:
+                raise SkippableRecord(
+                    ref,
+                    f"{key}: not a list of {key}: {exc.errors()[0]['msg']}",
+                    connector=connector,
+                    payload=dict(fields),
+                ) from None
+    return plain, lists
+
+
+def _reconcile(
+    current: list[tuple[tuple[str, Any], Row]], wanted: list[Row]
+) -> tuple[list[tuple[Row, Row]], list[Row], list[Row]]:
+    """Turn ``current`` (key, activity; in the order added) into ``wanted``: (kept activity,
+    wanted item), activities to delete, items to add in order. Kept ones keep their place, so
+    one out of the wanted order is deleted and added again after the others."""
+    keep: list[tuple[Row, Row]] = []
+    new: list[Row] = []
+    gone: list[Row] = []
+    at = 0
+    for item in wanted:
+        key = _activity_key(item)
+        found = None
+        if not new:
+            found = next((j for j in range(at, len(current)) if current[j][0] == key), None)
+        if found is None:
+            new.append(item)
+            continue
+        gone.extend(a for _, a in current[at:found])
+        keep.append((current[found][1], item))
+        at = found + 1
+    gone.extend(a for _, a in current[at:])
+    return keep, gone, new
 
 
 def _digest(deal: Row) -> str:

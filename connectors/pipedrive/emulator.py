@@ -7,7 +7,7 @@ response against them):
 * v2 (``/api/v2``): deals (list with ``updated_since``/``updated_until``, filters, sorting and
   cursor pagination up to ``limit=500``; get, create, patch, delete; search by custom field),
   pipelines, stages, dealFields with option sets, organizations and persons (list, search,
-  create), activities (list, create, patch);
+  create), activities (list, create, patch, delete);
 * v1 (``/v1``): users, ``users/me``, deal flow (``dealChange`` and ``activity`` items),
   webhooks (list, add, delete) delivered as v2.0 payloads with the basic-auth credentials
   set at registration.
@@ -264,6 +264,7 @@ class PipedriveEmulator(Emulator):
             r("/api/v2/activities", "GET", self._h_list_activities),
             r("/api/v2/activities", "POST", self._h_add_activity),
             r("/api/v2/activities/{id:int}", "PATCH", self._h_patch_activity),
+            r("/api/v2/activities/{id:int}", "DELETE", self._h_delete_activity),
             r("/v1/users", "GET", self._h_users),
             r("/v1/users/me", "GET", self._h_me),
             r("/v1/deals/{id:int}/flow", "GET", self._h_flow),
@@ -503,6 +504,11 @@ class PipedriveEmulator(Emulator):
     def _h_patch_activity(self, request: Request, user: int, body: Row) -> Row:
         activity = self._update_activity(request.path_params["id"], body, user)
         return {"success": True, "data": copy.deepcopy(activity)}
+
+    def _h_delete_activity(self, request: Request, user: int, _: Any) -> Row:
+        activity_id = request.path_params["id"]
+        self._delete_activity(activity_id, user)
+        return {"success": True, "data": {"id": activity_id}}
 
     # ------------------------------------------------------------------ handlers: v1
 
@@ -965,6 +971,16 @@ class PipedriveEmulator(Emulator):
         if activity.get("deal_id") in self.deals:
             self._activity_touched(activity, user, now_dt)
         return activity
+
+    def _delete_activity(self, activity_id: int, user: int) -> None:
+        activity = self.activities.get(activity_id)
+        if activity is None or activity["is_deleted"]:
+            raise ApiError(404, "Activity not found")
+        now_dt = self.clock()
+        activity["is_deleted"] = True
+        activity["update_time"] = ts(now_dt)
+        if activity.get("deal_id") in self.deals:
+            self._activity_touched(activity, user, now_dt)
 
     def _activity_touched(self, activity: Row, user: int, at: datetime) -> None:
         """An activity change moves its deal's update time (its next/last activity fields
