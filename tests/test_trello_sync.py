@@ -449,6 +449,22 @@ def test_a_person_made_checklist_is_kept_and_read_as_before(rich: Sync) -> None:
     }  # fmt: skip
     assert_nothing_planned(rich.run())
 
+    # A new deliverable ahead of the others lands ahead of them, so it reads back in order.
+    nda = {"kind": "nda", "stage": "proposal", "title": "NDA", "status": "submitted"}
+    rich.crm_tool.edit(
+        deal,
+        rich.specs["crm"].to_remote({"deliverables": [nda, *drafted]}),
+        actor="li.wei@example.com",
+    )
+    assert rich.run().ok
+    assert [n for n, _ in _items(rich.emu, card)["Deliverables: proposal"]] == [
+        "NDA [submitted]", "Proposal document", "Pricing [draft]",
+    ]  # fmt: skip
+    got = rich.card_values(card)["deliverables"]
+    assert [d["kind"] for d in got] == ["nda", "proposal_document", "pricing"]
+    assert_nothing_planned(rich.run())
+    assert_nothing_planned(rich.run(full=True), only=("deliverables", "actions"))
+
     # The CRM drops every deliverable: the items go, the checklist a person made stays.
     rich.crm_tool.edit(
         deal, rich.specs["crm"].to_remote({"deliverables": []}), actor="li.wei@example.com"

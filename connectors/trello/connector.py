@@ -682,6 +682,9 @@ class TrelloConnector(Connector[TrelloConfig]):
         for checklist in checklists:
             name = (checklist.get("name") or "").strip()[len(prefix) :].strip(" :-·")
             targets.setdefault(_stage(name), checklist["id"])
+        where = {
+            i: (have[j][0]["id"], float(have[j][1].get("pos") or 0)) for i, j in placed.items()
+        }
         for i, d in enumerate(wanted):
             if i in placed:
                 continue
@@ -697,9 +700,11 @@ class TrelloConnector(Connector[TrelloConfig]):
             params = {
                 "name": _item_name(d),
                 "checked": "true" if d["status"] == "approved" else "false",
-                "pos": "bottom",
+                "pos": _between(where, i, targets[stage]),
             }
-            self.http.request("POST", f"checklists/{targets[stage]}/checkItems", params=params)
+            path = f"checklists/{targets[stage]}/checkItems"
+            item = self.http.decode_json(self.http.request("POST", path, params=params))
+            where[i] = (targets[stage], float(item.get("pos") or 0))
 
     def _write_tasks(self, card: Json, tasks: list[Json]) -> None:
         """Make the card's task checklists hold exactly ``tasks`` (by title, per stage)."""
@@ -910,6 +915,16 @@ def _deliverable_shape(d: Mapping[str, Any]) -> Json:
         if value:
             out[canonical] = value.isoformat() if isinstance(value, datetime) else str(value)
     return out
+
+
+def _between(where: dict[int, tuple[str, float]], i: int, checklist: str) -> str:
+    """The ``pos`` that puts wanted item ``i`` after the wanted items before it and before
+    those after it, in the same checklist (``where``: index -> (checklist, pos))."""
+    before = [p for k, (x, p) in where.items() if x == checklist and k < i]
+    after = [p for k, (x, p) in where.items() if x == checklist and k > i]
+    if not after or (before and max(before) >= min(after)):
+        return "bottom"
+    return repr((max(before, default=0.0) + min(after)) / 2)
 
 
 def _item_name(d: Json) -> str:

@@ -421,16 +421,27 @@ class TrelloEmulator(Emulator):
         *,
         checked: bool = False,
         due: str | None = None,
+        pos: str | float | None = None,
         actor: str | None = None,
     ) -> str:
+        """Add an item; ``pos`` as Trello takes it: "top", "bottom" (default) or a number."""
         with self._lock:
             checklist = self._find("checklist", checklist_id)
             iid = self._new_id()
+            taken = [float(i["pos"]) for i in checklist["checkItems"]]
+            if pos in (None, "bottom"):
+                at: float = max(taken, default=0.0) + 16384
+            elif pos == "top":
+                at = min(taken, default=32768.0) / 2
+            else:
+                at = float(pos)
+                if not at > 0:
+                    raise TrelloError(400, "invalid value for pos")
             item = {
                 "id": iid,
                 "name": name,
                 "nameData": None,
-                "pos": 16384 * (len(checklist["checkItems"]) + 1),
+                "pos": int(at) if at.is_integer() else at,
                 "state": "complete" if checked else "incomplete",
                 "due": due,
                 "dueReminder": None,
@@ -438,6 +449,7 @@ class TrelloEmulator(Emulator):
                 "idChecklist": checklist_id,
             }
             checklist["checkItems"].append(item)
+            checklist["checkItems"].sort(key=lambda i: float(i["pos"]))  # as Trello lists them
             self._act(
                 "createCheckItem",
                 actor,
@@ -1235,6 +1247,7 @@ class TrelloEmulator(Emulator):
             p["name"],
             checked=_true(p.get("checked")),
             due=_nullable(p.get("due")),
+            pos=_position_param(p.get("pos")),
             actor=who["actor"],
         )
         return next(i for i in checklist["checkItems"] if i["id"] == iid)
@@ -1356,6 +1369,15 @@ def _body_params(body: bytes, content_type: str) -> Json:
             raise TrelloError(400, "Invalid JSON") from None
         return data if isinstance(data, dict) else {}
     return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+
+
+def _position_param(value: str | None) -> str | float | None:
+    if value is None or value in ("top", "bottom"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise TrelloError(400, "invalid value for pos") from None
 
 
 def _short_link(oid: str) -> str:
