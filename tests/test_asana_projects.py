@@ -3,6 +3,7 @@ and the automatic fallback from events to ``modified_since`` in both layouts."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -401,3 +402,22 @@ def test_sync_projects_both_ways_through_the_engine(duo: Duo) -> None:
     ok(duo.sync())
     assert controls.count() == 1 + 3
     assert controls.count("GET", "/api/1.0/events") == 3
+
+
+def test_webhook_deliveries_name_projects_and_registration_is_refused(asana: AsanaWorld) -> None:
+    from bridge.errors import FatalError
+    from connectors.asana.emulator import sign
+
+    c = asana.projects_connector()
+    c.webhook_secrets = ("s3cret",)
+    gid, task = team_projects(asana)[1], "1999"
+    event = {
+        "action": "changed",
+        "resource": {"gid": task, "resource_type": "task"},
+        "parent": {"gid": gid, "resource_type": "project"},
+    }
+    body = json.dumps({"events": [event]}).encode()
+    refs = c.verify_webhook({"x-hook-signature": sign("s3cret", body)}, body, "https://x/")
+    assert refs == [gid]
+    with pytest.raises(FatalError, match="one webhook per project"):
+        c.register_webhook("https://example.com/webhooks/asana")

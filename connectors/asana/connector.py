@@ -1,5 +1,9 @@
 """The Asana connector: a pipeline project's tasks are sales projects, its sections the stages.
 
+That is the default ``layout = "tasks"``; ``layout = "projects"`` makes every project of a team
+(or of the workspace, by name prefix) a sales project with its tasks as the project's tasks:
+see :mod:`connectors.asana.projects` and ``mappings/asana-projects.toml``.
+
 Reads and writes go through the official ``asana`` client (v5), whose HTTP layer is replaced by
 ours: :class:`_Transport` stands in for the client's urllib3 ``RESTClientObject`` and sends every
 call through :class:`bridge.http.HttpClient`, so Asana gets the same retries (429 honouring
@@ -12,7 +16,13 @@ incremental pull with nothing new costs exactly one request. A missing or expire
 starts a census: the 412 carries the new token, then the project's tasks are listed
 (``limit=100`` pages, ``opt_fields`` limited to what is read). Changed tasks named by events are
 fetched through the batch API, ten per request. ``incremental = "modified_since"`` polls
-``GET /tasks?modified_since=`` instead (and is the fallback when the events endpoint refuses).
+``GET /tasks?modified_since=`` instead. It is also the automatic fallback, for one pull at a
+time and logged on ``salesbridge.asana``, when the events endpoint fails in a way that will not
+heal: 403/404 for the project's events, a 412 without a new token, or 412s
+``fallback_after_412s`` pulls in a row (where a census each time would be the cost). The next
+pull tries events again; after a fallback a fresh token is followed by ``modified_since`` since
+the last pull rather than a census. Deleted tasks are not seen by ``modified_since``: the
+periodic full census (``reconcile_interval``) catches them.
 
 A record's fields are keyed by display name: ``Name``, ``Notes``, ``Section``, ``Assignee``,
 ``Due date``, ``Start date``, ``Completed``, ``Created``, ``Subtasks`` (a list of canonical
@@ -960,10 +970,11 @@ class AsanaConnector(Connector[AsanaConfig]):
         try:
             events = json.loads(body)["events"]
             refs: list[str] = []
+            kind = "task" if self.layout is None else "project"
             for event in events:
                 for key in ("resource", "parent"):
                     item = event.get(key) or {}
-                    if item.get("resource_type") == "task" and item.get("gid") not in refs:
+                    if item.get("resource_type") == kind and item.get("gid") not in refs:
                         refs.append(str(item["gid"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise WebhookRejected(f"{self.name}: the delivery is not a list of events") from None
