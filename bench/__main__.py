@@ -69,6 +69,8 @@ def main() -> None:
         print(f"[bench] {name} ...", flush=True)
         results[name] = fn()
         results.setdefault("seconds", {})[name] = time.perf_counter() - t0
+        partial = REPO / "bench" / "results.partial.json"
+        partial.write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
         print(f"[bench] {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
     def requests() -> Any:
@@ -78,7 +80,12 @@ def main() -> None:
         out = []
         for n in sizes["requests"]:
             for kind in KINDS:
-                r = measure(kind, n)
+                try:
+                    r = measure(kind, n)
+                except Exception as exc:  # recorded and reported: the others still run
+                    print(f"  {kind:<10} N={n:>6}: failed: {exc}", flush=True)
+                    out.append({"kind": kind, "records": n, "error": str(exc)[:300]})
+                    continue
                 print(
                     f"  {kind:<10} N={n:>6}: full {r['full']['requests']}, "
                     f"incremental 0 {r['incremental_0']['requests']}, "
