@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from bridge.demo import TOOLS, DemoResult, run_demo
+from bridge.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 COUNT = 240
@@ -49,7 +50,14 @@ def test_every_tool_has_projects_and_some_cross_tools(result: DemoResult) -> Non
     assert first["jira"].counts["push_created"] > 0
     second = result.reports[1].connectors
     assert sum(r.counts["updated"] for r in second.values()) > 0  # people's edits arrived
-    assert sum(r.counts["conflicts"] for r in second.values()) > 0
+    # The close date people changed differently in Pipedrive and on Trello is a recorded
+    # conflict (whichever tool's page the engine merged first, it is counted under the other).
+    with Store.open(f"sqlite:///{result.out / 'salesbridge.db'}") as store:
+        fields = {c.field for c in store.list_conflicts(False)}
+    assert "expected_close_date" in fields, (
+        fields,
+        {n: dict(r.counts) for n, r in second.items()},
+    )
 
 
 def test_rules_find_violations(result: DemoResult) -> None:
