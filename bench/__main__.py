@@ -24,6 +24,10 @@ sys.path.insert(0, str(REPO))
 SIZES = {
     "full": {
         "requests": [1_000, 10_000],
+        # At 10,000 records the Trello and Salesforce emulators do not answer a census page
+        # within the connectors' 30 s read timeout, and the Pipedrive run did not end in 10 min
+        # (see BENCHMARKS.md): only these are measured at that size.
+        "requests_large": ["jira", "asana"],
         "latency": 500,
         "throughput": 10_000,
         "rss": [1_000, 10_000, 100_000],
@@ -33,6 +37,7 @@ SIZES = {
     },
     "quick": {
         "requests": [200, 1_000],
+        "requests_large": ["jira", "trello", "asana", "salesforce", "pipedrive"],
         "latency": 200,
         "throughput": 2_000,
         "rss": [1_000, 5_000, 20_000],
@@ -40,6 +45,15 @@ SIZES = {
         "digest": 1_000,
         "digest_sample": 2,
     },
+}
+LARGE_SKIPPED = {
+    "trello": "the emulator's census (one GET /boards/{id}/cards with nested checklists, custom "
+    "fields and members for every open card) takes longer than the connector's 30 s read "
+    "timeout; every retry repeats it",
+    "salesforce": "the emulator answers the census's first SOQL batch (2,000 opportunities with "
+    "two child subqueries) after the connector's 30 s read timeout",
+    "pipedrive": "the run did not finish in 10 minutes (seeding 10,000 deals with their history "
+    "and pulling them through the emulator)",
 }
 ALL = ("requests", "latency", "throughput", "rss", "rules", "digest")
 PG_URL = os.environ.get(
@@ -80,6 +94,9 @@ def main() -> None:
         out = []
         for n in sizes["requests"]:
             for kind in KINDS:
+                if n > 1_000 and kind not in sizes["requests_large"]:
+                    out.append({"kind": kind, "records": n, "skipped": LARGE_SKIPPED[kind]})
+                    continue
                 try:
                     r = measure(kind, n)
                 except Exception as exc:  # recorded and reported: the others still run

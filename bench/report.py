@@ -87,10 +87,17 @@ def render(r: dict[str, Any]) -> str:
     w("| benchmark | figure | target | |")
     w("|---|---|---|---|")
     rows: list[tuple[str, str, str, bool | None]] = []
-    failed = [x for x in r.get("requests") or [] if "error" in x]
-    req = [x for x in r.get("requests") or [] if "error" not in x]
-    for x in failed:
-        rows.append((f"requests, {x['kind']}, {_n(x['records'])} records", "failed", "", False))
+    failed = [x for x in r.get("requests") or [] if "error" in x or "skipped" in x]
+    req = [x for x in r.get("requests") or [] if x not in failed]
+    if failed:
+        rows.append(
+            (
+                "requests, not measured",
+                ", ".join(f"{x['kind']} at {_n(x['records'])}" for x in failed),
+                "",
+                False,
+            )
+        )
     if req:
         by_n: dict[int, list[dict[str, Any]]] = {}
         for x in req:
@@ -238,8 +245,8 @@ def render(r: dict[str, Any]) -> str:
 
 
 def _requests(r: dict[str, Any]) -> str:
-    failed = [x for x in r.get("requests") or [] if "error" in x]
-    req = [x for x in r.get("requests") or [] if "error" not in x]
+    failed = [x for x in r.get("requests") or [] if "error" in x or "skipped" in x]
+    req = [x for x in r.get("requests") or [] if x not in failed]
     if not req:
         return ""
     lines = [
@@ -263,7 +270,8 @@ def _requests(r: dict[str, Any]) -> str:
             f"{x['push']['requests']} / {x['pushed']} | {_s(x['full']['seconds'])} |"
         )
     for x in failed:
-        lines.append(f"\n**{x['kind']} at N = {_n(x['records'])} failed**: `{x['error']}`")
+        why = x.get("skipped") or f"failed: `{x['error']}`"
+        lines.append(f"\n**{x['kind']} at N = {_n(x['records'])} not measured**: {why}.")
     big = max(x["records"] for x in req)
     lines.append(f"\nWhat the requests are, at N = {_n(big)}:\n")
     lines.append("| tool | full pull | incremental 1 % | push |")
@@ -367,7 +375,7 @@ def _throughput(r: dict[str, Any]) -> str:
             f"{_n(x['merge']['per_second'])} | {_s(x['create']['seconds'])} | "
             f"{_s(x['merge']['seconds'])} | "
             f"{x['create']['connector_seconds'] + x['merge']['connector_seconds']:.2f} s | "
-            f"{_s(x['idle_cycle_seconds'])} |"
+            f"{_s(x['idle_cycle_seconds']) if 'idle_cycle_seconds' in x else 'not run'} |"
         )
     if "postgresql_error" in tp:
         lines.append(f"\nPostgreSQL not measured: {tp['postgresql_error']}\n")
