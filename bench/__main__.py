@@ -165,6 +165,7 @@ def main() -> None:
     )
     raw.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     args.out.write_text(report.render(results), encoding="utf-8")
+    (REPO / "bench" / "results.partial.json").unlink(missing_ok=True)
     print(f"[bench] wrote {args.out} and {raw} in {results['total_seconds']:.0f} s")
 
 
