@@ -808,40 +808,9 @@ class _RunContext:
             return
         assert s.project is not None and s.project_id is not None and s.record is not None
         rec = s.record
-        covered = {e.field for e in s.history}
         if s.changes or s.action == "create_project" or s.history:
             st.put_project(s.project)
-            if s.history:
-                st.append_events(
-                    Event(
-                        project_id=s.project_id,
-                        at=e.at,
-                        field=e.field,
-                        old=e.old,
-                        new=e.new,
-                        source=e.source,
-                        meaningful=True,
-                        actor=e.actor,
-                        run_id=rid,
-                    )
-                    for e in s.history
-                )
-            at = rec.updated_at or self.signpost
-            st.append_events(
-                Event(
-                    project_id=s.project_id,
-                    at=at,
-                    field=c.path,
-                    old=c.old,
-                    new=c.new,
-                    source=name,
-                    meaningful=True,
-                    actor=rec.updated_by,
-                    run_id=rid,
-                )
-                for c in s.changes
-                if c.path not in covered  # the tool's history said it, with the real time
-            )
+            st.append_events(self._step_events(name, s, rid))
         if s.action in ("create_project", "link"):
             st.link(s.project_id, name, rec.ref, rec.version, rec.url)
         else:
