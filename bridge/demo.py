@@ -985,12 +985,19 @@ def _people_edit(rt: Runtime, running: dict[str, Tool]) -> list[str]:
             others = {lk.connector: lk for lk in store.links_for_project(link.project_id)}
             if "pipedrive" in others:
                 data = store.get_project(link.project_id) or {}
+                # Both dates differ from the current one: a fixed date could equal it, and an
+                # edit that changes nothing is no edit (no conflict to show).
+                now = date.fromisoformat(data.get("expected_close_date") or "2027-03-01")
                 _call(
                     running["pipedrive"],
                     others["pipedrive"].ref,
-                    {"expected_close_date": "2027-03-31"},
+                    {"expected_close_date": (now + timedelta(days=30)).isoformat()},
                 )
-                _call(running["trello"], link.ref, {"Close date": "2027-04-15"})
+                _call(
+                    running["trello"],
+                    link.ref,
+                    {"Close date": (now + timedelta(days=44)).isoformat()},
+                )
                 done.append(f"pipedrive + trello: {data.get('name')} close date changed in both")
                 return
 
