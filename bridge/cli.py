@@ -21,7 +21,7 @@ from rich.table import Table
 
 from bridge import __version__
 from bridge.config import LoadedConfig, dump_problems, find_config, load_config
-from bridge.errors import BreakerTripped, SalesbridgeError, UserError
+from bridge.errors import BreakerTripped, Problem, SalesbridgeError, UserError
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
@@ -136,6 +136,47 @@ def connectors_cmd(as_json: JsonOpt = False) -> None:
     for r in rows:
         table.add_row(r["kind"], r["class"])
     console().print(table)
+
+
+# --------------------------------------------------------------------------- init
+
+
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where to write the files.")] = Path(),
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite files that already exist.")
+    ] = False,
+) -> None:
+    """Write a starting workspace: salesbridge.toml (the commented example config), the default
+    mapping of every connector kind under mappings/, and the default rule pack under rules/."""
+    import shutil
+
+    from bridge.shipped import default_rules, example_config, mappings_dir
+
+    plan = [(example_config(), folder / "salesbridge.toml")]
+    plan += [(m, folder / "mappings" / m.name) for m in sorted(mappings_dir().glob("*.toml"))]
+    plan.append((default_rules(), folder / "rules" / "default.toml"))
+    existing = [dst for _, dst in plan if dst.exists()]
+    if existing and not force:
+        raise UserError(
+            Problem(
+                str(dst),
+                "",
+                "already exists, so nothing was written; edit it, or run "
+                "`salesbridge init --force` to overwrite it",
+            )
+            for dst in existing
+        )
+    out = console()
+    for src, dst in plan:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        out.print(f"wrote {dst}")
+    out.print(
+        "Next: set the connectors in salesbridge.toml (secrets as env:NAME), then "
+        "`salesbridge config check --online` and `salesbridge sync --dry-run`."
+    )
 
 
 # --------------------------------------------------------------------------- config

@@ -196,8 +196,18 @@ class LoadedConfig:
         return p if p.is_absolute() else (self.base_dir / p)
 
     def mapping_path(self, name: str) -> Path:
+        """The connector's ``mapping``; unset, ``mappings/<kind>.toml`` beside the config file,
+        or the shipped default mapping of the kind when there is no such file."""
         cfg = self.connectors[name]
-        return self.resolve(cfg.mapping or Path("mappings") / f"{cfg.kind}.toml")
+        if cfg.mapping is not None:
+            return self.resolve(cfg.mapping)
+        local = self.resolve(Path("mappings") / f"{cfg.kind}.toml")
+        if local.is_file():
+            return local
+        from bridge.shipped import default_mapping
+
+        shipped = default_mapping(cfg.kind)
+        return shipped if shipped.is_file() else local
 
     def store_url(self) -> str:
         """The store URL; a relative SQLite path is taken from the config file's folder."""

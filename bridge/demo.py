@@ -37,6 +37,7 @@ from rich.table import Table
 
 from bridge.cli import app, console
 from bridge.errors import UserError
+from bridge.shipped import default_rules, mappings_dir
 
 if TYPE_CHECKING:
     from bridge.emulator import Emulator
@@ -44,8 +45,8 @@ if TYPE_CHECKING:
     from bridge.runtime import Runtime
     from bridge.sync import SyncReport
 
-MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
-RULES = Path(__file__).resolve().parent.parent / "rules"
+MAPPINGS = mappings_dir()
+RULES = default_rules().parent
 
 # The memory tool's schema (kept for the tests that build a memory CRM like the old demo's).
 STAGE_NAMES = {
@@ -799,7 +800,7 @@ MAPPING_EDITS: dict[str, list[tuple[str, str]]] = {
 def write_workspace(out: Path, running: dict[str, Tool]) -> Path:
     """Config, mapping copies (edited for the demo) and the rule pack; returns the config."""
     if not (MAPPINGS / "jira.toml").is_file():
-        raise UserError(f"mapping files not found at {MAPPINGS}; run from a source checkout")
+        raise UserError(f"mapping files not found at {MAPPINGS}; reinstall salesbridge")
     if out.exists():
         shutil.rmtree(out)
     (out / "mappings").mkdir(parents=True)

@@ -51,8 +51,10 @@ _DETAIL_PLACEHOLDERS: Final = frozenset({"since"})
 
 
 def default_pack_path() -> Path:
-    """``rules/default.toml`` of this checkout: the standard plan every team starts from."""
-    return Path(__file__).resolve().parents[2] / "rules" / "default.toml"
+    """The shipped ``rules/default.toml``: the standard plan every team starts from."""
+    from bridge.shipped import default_rules
+
+    return default_rules()
 
 
 # --------------------------------------------------------------------------- the pack
