@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 
 from bridge.demo import STAGE_NAMES, TOOL_FIELDS
 from bridge.errors import RetriableError
@@ -538,3 +539,148 @@ def test_cli_dry_run_exits_2_with_changes_and_0_without(tmp_path: Path) -> None:
     calm = cli("sync", "--dry-run", "--config", str(config))
     assert calm.returncode == 0, calm.stdout + calm.stderr
     assert "No changes." in calm.stdout
+
+
+# --------------------------------------------------------------------------- bounded report
+
+
+def test_a_real_run_keeps_counts_and_a_bounded_plan(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real run's plan counts every step but keeps only the first KEEP_STEPS visible ones,
+    without their payload; a dry run (or keep_steps=True) keeps every step as planned."""
+    monkeypatch.setattr("bridge.sync.engine.KEEP_STEPS", 4)
+    for i in range(9):
+        bridge.add("crm", name=f"Deal {i}")
+
+    dry = bridge.sync(dry_run=True)
+    assert [s.action for s in dry.plan.steps].count("create_project") == 9
+    assert all(s.project is not None for s in dry.plan.steps if s.action == "create_project")
+    assert not dry.plan.truncated and dry.plan.row_count == len(dry.plan.rows())
+
+    real = bridge.sync()
+    assert real.ok
+    plan = real.plan
+    assert len(plan.steps) == 4 and plan.truncated
+    assert plan.omitted == sum(plan.counts.values()) - 4  # every step here is visible
+    assert plan.count("create_project", "crm") == 9
+    assert plan.count("push_create", "board") == 9
+    assert plan.row_count == len(dry.plan.rows())
+    for s in plan.steps:  # only what is printed; no project JSON, record or history
+        assert s.project is None and s.record is None and s.history == [] and s.bases == {}
+        assert s.changes
+    assert plan.rows()[0]["action"] == "create_project"
+
+    bridge.edit("crm", bridge.ref_of("crm", plan.steps[0].project_id or ""), description="x")
+    kept = bridge.sync(keep_steps=True)
+    assert not kept.plan.truncated
+    assert [s.action for s in kept.plan.steps if s.changes] == ["update_project", "push_update"]
+    assert kept.plan.steps[0].project is not None
+
+
+def test_a_bounded_plan_holds_no_payload_of_bookkeeping_steps(bridge: Bridge) -> None:
+    """Echoes (a new version, nothing new in it) are counted, not kept, in a real run."""
+    ref = bridge.add("crm", name="Deal")
+    assert bridge.sync().ok
+    pid = bridge.project_of("crm", ref)
+    bridge.edit("crm", ref, description="same")  # a new version...
+    assert bridge.sync().ok
+    bridge.backends["crm"].edit(ref, {})  # ...then one with no news
+    report = bridge.sync()
+    assert report.ok and report.plan.steps == [] and report.plan.rows() == []
+    assert report.plan.count("update_project", "crm") == 1
+    assert bridge.hub(pid)["description"] == "same"
+
+
+# --------------------------------------------------------------------------- push planning
+
+
+class StatementCounter:
+    """Counts the SQL statements the store sends (SQLAlchemy ``before_cursor_execute``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.engine = store._engine
+        self.count = 0
+
+    def _on(self, *_: Any) -> None:
+        self.count += 1
+
+    def __enter__(self) -> StatementCounter:
+        sa_event.listen(self.engine, "before_cursor_execute", self._on)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        sa_event.remove(self.engine, "before_cursor_execute", self._on)
+
+
+def expected_pushes(bridge: Bridge, name: str) -> dict[str, dict[str, Any]]:
+    """Push planning done the slow, obvious way: every live link, its project, its bases and
+    its pending conflicts read one by one; {ref: {path: value to push}}."""
+    spec = bridge.specs[name]
+    out: dict[str, dict[str, Any]] = {}
+    for lk in bridge.store.links_for_connector(name):
+        hub = bridge.store.get_project(lk.project_id, include_tombstoned=False)
+        if hub is None:
+            continue
+        bases = bridge.store.get_bases(lk.project_id, name)
+        pending = {
+            c.field
+            for c in bridge.store.list_conflicts(True, project_id=lk.project_id, connector=name)
+        }
+        diffs = {}
+        for path in spec.pushed_paths - pending:
+            value = get_path(hub, path)
+            if (path in bases and bases[path] != value) or (path not in bases and value):
+                diffs[path] = value
+        if diffs:
+            out[lk.ref] = diffs
+    return out
+
+
+def test_batched_push_planning_plans_the_same_pushes(db_url: str) -> None:
+    bridge = Bridge(db_url, policy="review", page_size=7)
+    try:
+        refs = [bridge.add("crm", name=f"Deal {i}", probability=10) for i in range(40)]
+        assert bridge.sync().ok
+        # Hub changes from the CRM for some, a pending conflict for one, a tombstone for one.
+        for i in range(0, 40, 3):
+            bridge.edit("crm", refs[i], probability=20 + i, description=f"call {i}")
+        board = {r: bridge.ref_of("board", bridge.project_of("crm", r)) for r in refs[:3]}
+        bridge.edit("board", board[refs[0]], actor="pm@example.com", description="board notes")
+        bridge.sync(push_to=[])  # pulls both (conflict on refs[0]); pushes nothing yet
+        assert bridge.store.list_conflicts(True)
+        bridge.store.tombstone_project(bridge.project_of("crm", refs[1]))
+        want = {name: expected_pushes(bridge, name) for name in ("crm", "board")}
+        assert want["board"] and board[refs[0]] in want["board"]
+
+        report = bridge.sync(only=[], push_to=["crm", "board"], dry_run=True)
+        got: dict[str, dict[str, dict[str, Any]]] = {"crm": {}, "board": {}}
+        for s in report.plan.steps:
+            assert s.action == "push_update", s
+            assert s.ref is not None
+            got[s.connector][s.ref] = {c.path: c.new for c in s.changes}
+            assert s.bases == got[s.connector][s.ref]
+        assert got == want
+    finally:
+        bridge.close()
+
+
+def test_an_idle_cycle_costs_the_same_statements_for_10_or_120_projects(db_url: str) -> None:
+    """Push planning reads links, projects, bases and conflicts in chunks: the statements of a
+    cycle with nothing to do do not grow with the number of linked projects."""
+    counts = []
+    for n in (10, 120):
+        bridge = Bridge(db_url.replace("store.db", f"store{n}.db"), page_size=50)
+        try:
+            for i in range(n):
+                bridge.add("crm", name=f"Deal {i}")
+            assert bridge.sync().ok
+            assert bridge.sync().ok  # reads back the board's creates: links, no news
+            with StatementCounter(bridge.store) as sql:
+                report = bridge.sync()
+            assert report.ok and report.plan.rows() == []
+            counts.append(sql.count)
+        finally:
+            bridge.close()
+    assert counts[0] == counts[1], counts
+    assert counts[1] < 40, counts

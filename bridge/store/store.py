@@ -58,6 +58,7 @@ __all__ = [
     "DigestRecord",
     "Event",
     "LinkConflict",
+    "LinkedProject",
     "NewLink",
     "NotFound",
     "QuarantineEntry",
@@ -125,6 +126,16 @@ class StoredLink:
     @property
     def live(self) -> bool:
         return self.unlinked_at is None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkedProject:
+    """A live link with its project's JSON (None if the project is tombstoned) and the
+    link's connector's bases ({} if none): what push planning compares."""
+
+    link: StoredLink
+    project: dict[str, Any] | None
+    bases: dict[str, Any]
 
 
 class NewLink(NamedTuple):
@@ -1025,6 +1036,91 @@ class Store:
         with self._use() as conn:
             return int(conn.execute(q).scalar_one())
 
+    def linked_projects(
+        self, connector: str, *, chunk: int = _CHUNK
+    ) -> Iterator[list[LinkedProject]]:
+        """Live links of ``connector`` with their projects and bases, in link id order.
+
+        One query per ``chunk`` links (keyset pagination), so memory stays flat whatever the
+        number of links; outside a transaction each chunk is read in a short one of its own.
+        """
+        lk, p, b = t.links, t.projects, t.bases
+        q = (
+            sa.select(
+                lk,
+                p.c.data.label("p_data"),
+                p.c.tombstoned_at.label("p_tombstoned_at"),
+                b.c.fields.label("b_fields"),
+            )
+            .select_from(
+                lk.outerjoin(p, p.c.id == lk.c.project_id).outerjoin(
+                    b, sa.and_(b.c.project_id == lk.c.project_id, b.c.connector == lk.c.connector)
+                )
+            )
+            .where(lk.c.connector == connector, lk.c.unlinked_at.is_(None))
+            .order_by(lk.c.id)
+            .limit(chunk)
+        )
+        last: int | None = None
+        while True:
+            page_q = q if last is None else q.where(lk.c.id > last)
+            with self._use() as conn:
+                rows = conn.execute(page_q).all()
+            if not rows:
+                return
+            yield [
+                LinkedProject(
+                    link=_link(r),
+                    project=r.p_data if r.p_tombstoned_at is None else None,
+                    bases=dict(r.b_fields) if r.b_fields else {},
+                )
+                for r in rows
+            ]
+            if len(rows) < chunk:
+                return
+            last = rows[-1].id
+
+    def linked_project_ids(
+        self, connector: str, project_ids: Iterable[str], *, include_unlinked: bool = True
+    ) -> set[str]:
+        """Those of ``project_ids`` that have a link in ``connector`` (by default live or
+        tombstoned: a record deleted there once)."""
+        lk = t.links
+        out: set[str] = set()
+        with self._use() as conn:
+            for chunk in _chunks(list(dict.fromkeys(project_ids))):
+                q = sa.select(lk.c.project_id).where(
+                    lk.c.connector == connector, self._in(lk.c.project_id, chunk)
+                )
+                if not include_unlinked:
+                    q = q.where(lk.c.unlinked_at.is_(None))
+                out.update(conn.execute(q).scalars())
+        return out
+
+    def projects_without_link(
+        self, connector: str, *, page_size: int = _CHUNK
+    ) -> Iterator[dict[str, Any]]:
+        """Live projects that never had a link in ``connector`` (live or tombstoned), in id
+        order, streamed page by page (one query each, short transactions)."""
+        p, lk = t.projects, t.links
+        linked = sa.exists().where(lk.c.project_id == p.c.id, lk.c.connector == connector)
+        q = (
+            sa.select(p.c.id, p.c.data)
+            .where(p.c.tombstoned_at.is_(None), ~linked)
+            .order_by(p.c.id)
+            .limit(page_size)
+        )
+        last: str | None = None
+        while True:
+            page_q = q if last is None else q.where(p.c.id > last)
+            with self._use() as conn:
+                rows = conn.execute(page_q).all()
+            for row in rows:
+                yield row.data
+            if len(rows) < page_size:
+                return
+            last = rows[-1].id
+
     def unlink(self, connector: str, ref: str, at: datetime | None = None) -> bool:
         """Tombstone a link. True if it was live."""
         return self.unlink_many(connector, [ref], at=at) > 0
@@ -1328,6 +1424,27 @@ class Store:
         ).returning(cf.c.id)
         with self._use(write=True) as conn:
             return int(conn.execute(stmt).scalar_one())
+
+    def pending_conflict_fields(
+        self, connector: str, project_ids: Iterable[str] | None = None
+    ) -> dict[str, set[str]]:
+        """``{project id: fields}`` with a pending conflict in ``connector``: all projects'
+        (one query), or only those of ``project_ids`` (one query per chunk)."""
+        cf = t.conflicts
+        q = sa.select(cf.c.project_id, cf.c.field).where(
+            cf.c.connector == connector, cf.c.resolution == "pending"
+        )
+        if project_ids is None:
+            queries = [q]
+        else:
+            ids = list(dict.fromkeys(project_ids))
+            queries = [q.where(self._in(cf.c.project_id, chunk)) for chunk in _chunks(ids)]
+        out: dict[str, set[str]] = {}
+        with self._use() as conn:
+            for query in queries:
+                for row in conn.execute(query).all():
+                    out.setdefault(row.project_id, set()).add(row.field)
+        return out
 
     def get_conflict(self, conflict_id: int) -> Conflict:
         cf = t.conflicts

@@ -45,7 +45,7 @@ from bridge.model import SalesProject, get_path, new_project_id, set_path
 from bridge.store import Store
 from bridge.store.store import Event, NewLink, StoredLink
 from bridge.sync.merge import NO_BASE, Decision, Policy, merge_field
-from bridge.sync.plan import Action, Change, Plan, Step
+from bridge.sync.plan import KEEP_STEPS, Action, Change, Plan, Step
 from connectors.base import Connector, ConnectorConfig, Cursor, Page, RemoteRecord
 
 log = logging.getLogger("salesbridge.sync")
@@ -145,6 +145,7 @@ class SyncEngine:
         progress: Progress | None = None,
         push_to: Iterable[str] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        keep_steps: bool | None = None,
     ) -> SyncReport:
         """One sync run.
 
@@ -153,13 +154,19 @@ class SyncEngine:
         change to every other. ``full`` takes a census (reconciliation) instead of an
         incremental pull. ``should_stop`` is polled between pages and pushes: when it turns
         true the run finishes the step at hand, commits and returns (clean shutdown).
+
+        ``keep_steps`` (default: only in a dry run) keeps every planned step, with its payload,
+        in ``report.plan``; otherwise the plan keeps counts and the first
+        :data:`~bridge.sync.plan.KEEP_STEPS` visible steps, so a run's memory does not grow
+        with the number of records it syncs.
         """
         names = list(only) if only is not None else list(self.connectors)
         targets = list(push_to) if push_to is not None else names
         for n in [*names, *targets]:
             if n not in self.connectors:
                 raise KeyError(n)
-        report = SyncReport(dry_run=dry_run)
+        keep_all = dry_run if keep_steps is None else keep_steps
+        report = SyncReport(dry_run=dry_run, plan=Plan(keep=None if keep_all else KEEP_STEPS))
         ctx = _RunContext(self, report, dry_run, force, full, progress or (lambda *_: None))
         ctx.should_stop = should_stop or (lambda: False)
         for n in dict.fromkeys([*names, *targets]):
@@ -311,10 +318,7 @@ class _RunContext:
             got_bases = self.store.get_bases_many(name, ids)
             reads.bases = {pid: got_bases.get(pid, {}) for pid in ids}
         if wanted:
-            pending: dict[str, set[str]] = {}
-            for c in self.store.list_conflicts(True, connector=name):
-                pending.setdefault(c.project_id, set()).add(c.field)
-            reads.pending = pending
+            reads.pending = self.store.pending_conflict_fields(name, wanted)
         return reads
 
     # ------------------------------------------------------------------ pull
@@ -407,8 +411,7 @@ class _RunContext:
             links = self.page.links
         finally:
             self.page = None
-        for s in steps:
-            self.report.plan.steps.append(s)
+        self.report.plan.extend(steps)
         self._execute_pull_steps(name, steps, page, hold=bool(vanished), links=links)
 
     def _plan_page(
@@ -855,7 +858,7 @@ class _RunContext:
                 lk.project_id,
                 reason=f"record vanished or archived in {name}",
             )
-            self.report.plan.steps.append(step)
+            self.report.plan.add(step)
             self.report.connectors[name].counts["unlinked"] += 1
             if self.dry_run:
                 self.overlay.links[(name, lk.ref)] = None
@@ -889,7 +892,7 @@ class _RunContext:
                 continue
             self.report.connectors.setdefault(other.connector, ConnectorReport())
             self.report.connectors[other.connector].counts["archived"] += 1
-            self.report.plan.steps.append(
+            self.report.plan.add(
                 Step(
                     "unlink",
                     other.connector,
@@ -919,19 +922,21 @@ class _RunContext:
         if not targets or self.should_stop():
             return
         plans = {n: [*self._push_updates(n), *self._push_creates(n)] for n in targets}
-        for steps in plans.values():
-            self.report.plan.steps.extend(steps)
         busy = [n for n in targets if plans[n]]
-        if not busy:
-            return
-        if self.dry_run:
-            for n in busy:
-                for step in plans[n]:
-                    self._execute_push(n, step)
-            return
-        with ThreadPoolExecutor(max_workers=min(self.e.max_workers, len(busy))) as pool:
-            for fut in [pool.submit(self._push_one_tool, n, plans[n]) for n in busy]:
-                fut.result()
+        try:
+            if self.dry_run:
+                for n in busy:
+                    for step in plans[n]:
+                        self._execute_push(n, step)
+                return
+            if busy:
+                with ThreadPoolExecutor(max_workers=min(self.e.max_workers, len(busy))) as pool:
+                    for fut in [pool.submit(self._push_one_tool, n, plans[n]) for n in busy]:
+                        fut.result()
+        finally:
+            # Added once executed: a create that found its stamped record is a push_link.
+            for steps in plans.values():
+                self.report.plan.extend(steps)
 
     def _push_one_tool(self, name: str, steps: list[Step]) -> None:
         conn = self.e.connectors[name]
@@ -977,53 +982,75 @@ class _RunContext:
                     self.store.quarantine(name, s.ref, f"push rejected: {result}", s.remote_fields)
         self.progress(name, "push", len(steps))
 
-    def _links_of(self, name: str) -> list[StoredLink]:
-        links = {lk.ref: lk for lk in self.store.links_for_connector(name)}
-        for (conn, ref), lk in self.overlay.links.items():
-            if conn == name:
-                if lk is None:
-                    links.pop(ref, None)
-                else:
-                    links[ref] = lk
-        return list(links.values())
-
     def _push_updates(self, name: str) -> Iterable[Step]:
-        spec = self.e.mappings[name]
-        for lk in self._links_of(name):
-            hub = self.project(lk.project_id)
+        """A push step for every linked project whose hub values differ from the tool's base.
+
+        Links, projects and bases come from the store a chunk at a time (one query per 500
+        links), pending conflicts in one query: a few queries per cycle, not three per linked
+        project. A dry run's overlay (what its pulls would have written) takes precedence.
+        """
+        overlay = {ref: lk for (conn, ref), lk in self.overlay.links.items() if conn == name}
+        pending = self.store.pending_conflict_fields(name)
+        for chunk in self.store.linked_projects(name):
+            for item in chunk:
+                lk = item.link
+                if lk.ref in overlay:
+                    continue  # planned again below, as the overlay has it
+                pid = lk.project_id
+                hub = self.overlay.projects.get(pid, item.project)
+                if hub is None:
+                    continue
+                bases = self.overlay.bases.get((pid, name), item.bases)
+                step = self._push_update(name, lk, hub, bases, pending.get(pid, set()))
+                if step is not None:
+                    yield step
+        for lk_or_none in overlay.values():
+            if lk_or_none is None:
+                continue
+            hub = self.project(lk_or_none.project_id)
             if hub is None:
                 continue
-            diffs = self._diffs(name, lk.project_id, hub, self.bases(lk.project_id, name))
-            if not diffs:
-                continue
-            try:
-                remote = spec.to_remote(diffs, ref=lk.ref)
-            except SkippableRecord as exc:
-                yield self._quarantine_step(name, exc)
-                continue
-            changes = [
-                Change(p, self.bases(lk.project_id, name).get(p), v, "changed in hub")
-                for p, v in diffs.items()
-            ]
-            yield Step(
-                "push_update",
-                name,
-                name,
-                lk.ref,
-                lk.project_id,
-                changes,
-                reason="hub differs from the tool's base",
-                bases=diffs,
-                remote_fields=remote,
-                record=None,
-                project={"expected_version": lk.version},
+            bases = self.bases(lk_or_none.project_id, name)
+            step = self._push_update(
+                name, lk_or_none, hub, bases, pending.get(lk_or_none.project_id, set())
             )
+            if step is not None:
+                yield step
+
+    def _push_update(
+        self,
+        name: str,
+        lk: StoredLink,
+        hub: dict[str, Any],
+        bases: dict[str, Any],
+        pending: set[str],
+    ) -> Step | None:
+        diffs = self._diffs(name, hub, bases, pending)
+        if not diffs:
+            return None
+        try:
+            remote = self.e.mappings[name].to_remote(diffs, ref=lk.ref)
+        except SkippableRecord as exc:
+            return self._quarantine_step(name, exc)
+        changes = [Change(p, bases.get(p), v, "changed in hub") for p, v in diffs.items()]
+        return Step(
+            "push_update",
+            name,
+            name,
+            lk.ref,
+            lk.project_id,
+            changes,
+            reason="hub differs from the tool's base",
+            bases=diffs,
+            remote_fields=remote,
+            record=None,
+            project={"expected_version": lk.version},
+        )
 
     def _diffs(
-        self, name: str, pid: str, hub: dict[str, Any], bases: dict[str, Any]
+        self, name: str, hub: dict[str, Any], bases: dict[str, Any], pending: set[str]
     ) -> dict[str, Any]:
         spec = self.e.mappings[name]
-        pending = self.pending_fields(pid, name)
         diffs: dict[str, Any] = {}
         for path in spec.pushed_paths:
             if path in pending:
@@ -1041,35 +1068,48 @@ class _RunContext:
         if spec.sync.create_in_tool == "never":
             return
         # A project whose record here was deleted or archived is not created again: the
-        # deletion was a person's decision in this tool (live links plus dead ones).
-        linked = {lk.project_id for lk in self._links_of(name)}
-        linked |= {
-            lk.project_id for lk in self.store.links_for_connector(name, include_unlinked=True)
+        # deletion was a person's decision in this tool (live links plus dead ones). The
+        # store streams only projects that never had a link here; a dry run's overlay adds
+        # the links and projects its pulls would have made.
+        planned = {
+            lk.project_id
+            for (conn, _), lk in self.overlay.links.items()
+            if conn == name and lk is not None
         }
-        candidates = {p["id"]: p for p in self.store.list_projects()}
-        candidates.update(self.overlay.projects)
-        for pid, hub in candidates.items():
-            if pid in linked or not spec.sync.wants_create(hub):
-                continue
-            values = {
-                p: get_path(hub, p) for p in spec.pushed_paths if get_path(hub, p) is not None
-            }
-            try:
-                remote = spec.to_remote(values, ref=pid)
-            except SkippableRecord as exc:
-                yield self._quarantine_step(name, exc)
-                continue
-            yield Step(
-                "push_create",
-                name,
-                name,
-                None,
-                pid,
-                [Change(p, None, v, "create in tool") for p, v in values.items()],
-                reason=f"mapping creates projects in {name}",
-                bases=values,
-                remote_fields=remote,
-            )
+        seen: set[str] = set()
+        for stored in self.store.projects_without_link(name):
+            pid = stored["id"]
+            seen.add(pid)
+            if pid not in planned:
+                yield from self._push_create(name, spec, self.overlay.projects.get(pid, stored))
+        extra = [pid for pid in self.overlay.projects if pid not in seen and pid not in planned]
+        if extra:
+            linked = self.store.linked_project_ids(name, extra)
+            for pid in extra:
+                if pid not in linked:
+                    yield from self._push_create(name, spec, self.overlay.projects[pid])
+
+    def _push_create(self, name: str, spec: MappingSpec, hub: dict[str, Any]) -> Iterable[Step]:
+        if not spec.sync.wants_create(hub):
+            return
+        pid = hub["id"]
+        values = {p: get_path(hub, p) for p in spec.pushed_paths if get_path(hub, p) is not None}
+        try:
+            remote = spec.to_remote(values, ref=pid)
+        except SkippableRecord as exc:
+            yield self._quarantine_step(name, exc)
+            return
+        yield Step(
+            "push_create",
+            name,
+            name,
+            None,
+            pid,
+            [Change(p, None, v, "create in tool") for p, v in values.items()],
+            reason=f"mapping creates projects in {name}",
+            bases=values,
+            remote_fields=remote,
+        )
 
     def _execute_push(self, name: str, s: Step) -> None:
         counts = self.report.connectors[name].counts

@@ -3,10 +3,15 @@
 The engine turns every pulled page and every push into :class:`Step` objects first; a real run
 then executes them, a dry run prints them. Both go through the same planning code, so a dry
 run shows exactly what a real run then does.
+
+A dry run's :class:`Plan` keeps every step (that is what it prints). A real run's keeps counts
+of everything and only the first :data:`KEEP_STEPS` visible steps, without their payload: a
+full sync of 100,000 records would otherwise hold every project's JSON until the run ends.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,21 +76,86 @@ class Step:
         ]
 
 
+KEEP_STEPS = 1000
+"""Visible steps a bounded plan (a real run's) keeps for display; the rest are only counted."""
+
+
+def is_visible(step: Step) -> bool:
+    """A step that writes something a person would call a change.
+
+    Bookkeeping (a new version of a record whose content we already hold, e.g. the echo of
+    our own write) is executed but not shown.
+    """
+    return bool(step.changes or step.conflicts or step.action not in ("update_project", "link"))
+
+
 @dataclass
 class Plan:
+    """The steps of a run.
+
+    ``keep=None`` (a dry run) keeps every step as planned. A number keeps at most that many
+    *visible* steps, stripped of their execution payload (the project's JSON, the record, its
+    history), and only counts the others: ``counts`` has every step by (action, connector),
+    ``row_count`` the rows :meth:`rows` would have printed for all of them, ``omitted`` the
+    visible steps not kept. Add steps with :meth:`add`.
+    """
+
     steps: list[Step] = field(default_factory=list)
+    keep: int | None = None
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    row_count: int = 0
+    omitted: int = 0
+
+    def add(self, step: Step) -> None:
+        self.counts[(step.action, step.connector)] += 1
+        visible = is_visible(step)
+        if visible:
+            self.row_count += max(1, len(step.changes))
+        if self.keep is None:
+            self.steps.append(step)
+        elif not visible:
+            return
+        elif len(self.steps) < self.keep:
+            self.steps.append(_light(step))
+        else:
+            self.omitted += 1
+
+    def extend(self, steps: list[Step]) -> None:
+        for s in steps:
+            self.add(s)
+
+    @property
+    def truncated(self) -> bool:
+        """True when visible steps were counted but not kept (``rows()`` shows a prefix)."""
+        return self.omitted > 0
+
+    def count(self, action: str, connector: str | None = None) -> int:
+        """Steps of one action (in one connector), kept or not."""
+        return sum(
+            n
+            for (a, c), n in self.counts.items()
+            if a == action and (connector is None or c == connector)
+        )
 
     def visible(self) -> list[Step]:
-        """Steps that write something a person would call a change.
-
-        Bookkeeping (a new version of a record whose content we already hold, e.g. the echo of
-        our own write) is executed but not shown.
-        """
-        return [
-            s
-            for s in self.steps
-            if s.changes or s.conflicts or s.action not in ("update_project", "link")
-        ]
+        """Kept steps that write something a person would call a change (see
+        :func:`is_visible`)."""
+        return [s for s in self.steps if is_visible(s)]
 
     def rows(self) -> list[dict[str, Any]]:
+        """Rows of the kept visible steps (all of them unless :attr:`truncated`)."""
         return [row for s in self.visible() for row in s.rows()]
+
+
+def _light(step: Step) -> Step:
+    """What a bounded plan keeps of a step: what it prints and its conflicts, no payload."""
+    return Step(
+        step.action,
+        step.connector,
+        step.target,
+        step.ref,
+        step.project_id,
+        list(step.changes),
+        step.reason,
+        conflicts=list(step.conflicts),
+    )
