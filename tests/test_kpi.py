@@ -6,6 +6,7 @@ Period P = [2026-02-01, 2026-03-01), previous Q = [2026-01-04, 2026-02-01). Base
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -18,6 +19,7 @@ from bridge.digest.kpi import (
     Judgement,
     MoneyConverter,
     Period,
+    _state,
     compute,
     pack_judge,
     state_at,
@@ -319,3 +321,23 @@ def test_pack_judge_uses_the_rules_verdicts() -> None:
     assert judge_(fresh, [], now) == Judgement(True, False, True)
     assert judge_(stale, [], now) == Judgement(True, True, False)
     assert judge_(small, [], now) == Judgement(False, False, False)
+
+
+def test_state_at_undoes_nested_changes_without_touching_the_history() -> None:
+    # _state (what compute uses) shares unchanged parts with the history instead of deep
+    # copying it: a nested change undone must copy its way down, never write to the history.
+    h = History(
+        proj("N", created_at=d(1, 1), customer={"name": "New Co"}, custom={"tier": "gold"}),
+        [
+            ev("N", d(2, 10), "customer.name", "Old Co", "New Co"),
+            ev("N", d(2, 12), "custom.tier", None, "gold"),
+        ],
+    )
+    before = copy.deepcopy(h.data)
+    at = d(2, 1)
+    shared = _state(h, at)
+    assert shared is not None
+    assert shared["customer"]["name"] == "Old Co"
+    assert shared["custom"] == {"tier": None}
+    assert state_at(h, at) == shared
+    assert h.data == before

@@ -39,7 +39,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from bridge.model import set_path
 from bridge.store import Event
 
 __all__ = [
@@ -49,10 +48,12 @@ __all__ = [
     "Judgement",
     "MoneyConverter",
     "Period",
+    "Share",
     "closures",
     "compute",
     "freshness_known",
     "pack_judge",
+    "share",
     "state_at",
 ]
 
@@ -134,14 +135,39 @@ def _iso(at: datetime | None) -> str | None:
 def state_at(history: History, at: datetime) -> dict[str, Any] | None:
     """The project as it was at ``at`` (None if it did not exist yet): every change logged
     after ``at`` is undone, newest first, and the freshness fields are taken from the log."""
+    state = _state(history, at)
+    return None if state is None else copy.deepcopy(state)
+
+
+def _set(state: dict[str, Any], path: str, value: Any, fresh: set[int]) -> None:
+    """``set_path`` on a copy-on-write state: every dict on the way is copied once (``fresh``
+    holds the ids of the copies), so the history's own JSON is never written to."""
+    parts = path.split(".")
+    cur = state
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+        elif id(nxt) not in fresh:
+            nxt = dict(nxt)
+        fresh.add(id(nxt))
+        cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def _state(history: History, at: datetime) -> dict[str, Any] | None:
+    """:func:`state_at` without the deep copy: what is unchanged is shared with the history,
+    so the result is only to be read (the KPIs and the rules' verdict read it)."""
     data = history.data
     created = _dt(data.get("created_at"))
     if created is not None and created > at:
         return None
-    state = copy.deepcopy(dict(data))
+    state = dict(data)
     later = [e for e in history.events if e.at > at]
+    fresh = {id(state)}
     for e in reversed(later):
-        set_path(state, e.field, e.old)
+        _set(state, e.field, e.old, fresh)
     last = _dt(state.get("last_meaningful_update_at"))
     if last is None or last > at:
         seen = [e.at for e in history.events if e.meaningful and e.at <= at]
@@ -252,6 +278,153 @@ class Figures:
         n = self.entered.get(stage, 0)
         return self.moved.get((stage, nxt), 0) / n if n else None
 
+    def add(self, s: Share) -> None:
+        """Count one project's :class:`Share` in (in the order of the projects, so that sums
+        of floats come out the same however the shares were computed)."""
+        if s.won:
+            self.won += 1
+            if s.cycle_days is not None:
+                self.cycle_days.append(s.cycle_days)
+            if s.won_amount is not None:
+                self.won_amounts.append(s.won_amount)
+        elif s.lost:
+            self.lost += 1
+        entered = self.entered
+        for st in s.entered:
+            entered[st] = entered.get(st, 0) + 1
+        moved = self.moved
+        for key in s.moved:
+            moved[key] = moved.get(key, 0) + 1
+        if s.slippage is not None:
+            self.slipped += 1
+            self.slippage += s.slippage
+        stage = s.open_stage
+        if stage is not None:
+            self.open_by_stage[stage] = self.open_by_stage.get(stage, 0) + 1
+            self.open_qualified += s.qualified
+            self.unconverted += s.unconverted
+            if s.pipeline is not None and s.weighted is not None:
+                self.pipeline[stage] = self.pipeline.get(stage, Decimal(0)) + s.pipeline
+                self.weighted[stage] = self.weighted.get(stage, Decimal(0)) + s.weighted
+        v = s.verdict
+        if v is not None and v.tracked:
+            self.tracked_open += 1
+            self.stale += v.stale
+            self.transparent += v.complete
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One project's part in the figures of one period: :func:`share` computes it once, and
+    the figures of any set of projects are the sum of their shares (:meth:`Figures.add`), so a
+    digest run computes each project once for every recipient whose scope holds it."""
+
+    won: bool = False
+    lost: bool = False
+    cycle_days: float | None = None
+    won_amount: Decimal | None = None
+    entered: tuple[str, ...] = ()
+    """Stages entered in the period, in the order of the log (a stage may repeat)."""
+    moved: tuple[tuple[str, str], ...] = ()
+    slippage: Decimal | None = None
+    """The amount that slipped (0 without a convertible amount); None: nothing slipped."""
+    open_stage: str | None = None
+    """The lifecycle stage the project was open in at the period's end (None: not open then,
+    or in a stage the lifecycle does not know)."""
+    qualified: bool = False
+    pipeline: Decimal | None = None
+    weighted: Decimal | None = None
+    unconverted: bool = False
+    verdict: Judgement | None = None
+    """The rules' verdict at the period's end, for an open project whose freshness is known."""
+
+
+def share(
+    h: History,
+    period: Period,
+    index: Mapping[str, int],
+    money: MoneyConverter,
+    judge: Judge | None = None,
+) -> Share:
+    """``h``'s part in the KPIs of ``period`` (see the module docstring)."""
+    won = lost = False
+    cycle: float | None = None
+    won_amount: Decimal | None = None
+    # closes
+    inside = [c for c in closures(h) if c[0] in period]
+    if inside:
+        at, status = max(inside)
+        if status == "won":
+            won = True
+            created = _dt(h.data.get("created_at"))
+            if created is not None:
+                cycle = (at - created).total_seconds() / 86400
+            won_amount = money(h.data.get("amount"))
+        else:
+            lost = True
+    # stage flow
+    entered: list[str] = []
+    moved: list[tuple[str, str]] = []
+    stage_events = [e for e in h.events if e.field == "stage"]
+    created = _dt(h.data.get("created_at"))
+    if created is not None and created in period:
+        first = str(stage_events[0].old) if stage_events else h.data.get("stage")
+        if first in index:
+            entered.append(str(first))
+    for e in stage_events:
+        if e.at not in period:
+            continue
+        if e.new in index:
+            entered.append(str(e.new))
+        if e.old in index and e.new in index and index[str(e.new)] == index[str(e.old)] + 1:
+            moved.append((str(e.old), str(e.new)))
+    # slippage
+    start_day, end_day = period.start.date(), period.end.date()
+    slipped = False
+    for e in h.events:
+        if e.field != "expected_close_date" or e.at not in period:
+            continue
+        old, new = _date(e.old), _date(e.new)
+        if old is not None and new is not None and start_day <= old <= end_day < new:
+            slipped = True
+    slippage = (money(h.data.get("amount")) or Decimal(0)) if slipped else None
+    flow = Share(won, lost, cycle, won_amount, tuple(entered), tuple(moved), slippage)
+    # the moment at the end of the period
+    state = _state(h, period.end)
+    if state is None or state.get("status") != "open":
+        return flow
+    stage = str(state.get("stage"))
+    open_stage = None
+    qualified = unconverted = False
+    pipeline = weighted = None
+    if stage in index:
+        open_stage = stage
+        qualified = index[stage] >= 1
+        amount = money(state.get("amount"))
+        if amount is None and state.get("amount") is not None:
+            unconverted = True
+        elif amount is not None:
+            pipeline = amount
+            weighted = amount * (Decimal(state.get("probability") or 0) / 100)
+    verdict = None
+    if judge is not None and freshness_known(h, period.end):
+        verdict = judge(state, [e for e in h.events if e.at <= period.end], period.end)
+    return Share(
+        won,
+        lost,
+        cycle,
+        won_amount,
+        flow.entered,
+        flow.moved,
+        slippage,
+        open_stage,
+        qualified,
+        pipeline,
+        weighted,
+        unconverted,
+        verdict,
+    )
+
 
 def compute(
     histories: Sequence[History],
@@ -261,72 +434,10 @@ def compute(
     judge: Judge | None = None,
 ) -> Figures:
     """The KPIs of ``period`` over ``histories`` (see the module docstring)."""
-    fig = Figures(period=period, open_by_stage=dict.fromkeys(stages, 0))
     index = {s: i for i, s in enumerate(stages)}
-    start_day, end_day = period.start.date(), period.end.date()
+    fig = Figures(period=period, open_by_stage=dict.fromkeys(stages, 0))
     for h in histories:
-        # closes
-        inside = [c for c in closures(h) if c[0] in period]
-        if inside:
-            at, status = max(inside)
-            if status == "won":
-                fig.won += 1
-                created = _dt(h.data.get("created_at"))
-                if created is not None:
-                    fig.cycle_days.append((at - created).total_seconds() / 86400)
-                amount = money(h.data.get("amount"))
-                if amount is not None:
-                    fig.won_amounts.append(amount)
-            else:
-                fig.lost += 1
-        # stage flow
-        stage_events = [e for e in h.events if e.field == "stage"]
-        created = _dt(h.data.get("created_at"))
-        if created is not None and created in period:
-            first = str(stage_events[0].old) if stage_events else h.data.get("stage")
-            if first in index:
-                fig.entered[first] = fig.entered.get(first, 0) + 1
-        for e in stage_events:
-            if e.at not in period:
-                continue
-            if e.new in index:
-                fig.entered[str(e.new)] = fig.entered.get(str(e.new), 0) + 1
-            if e.old in index and e.new in index and index[str(e.new)] == index[str(e.old)] + 1:
-                key = (str(e.old), str(e.new))
-                fig.moved[key] = fig.moved.get(key, 0) + 1
-        # slippage
-        slipped = False
-        for e in h.events:
-            if e.field != "expected_close_date" or e.at not in period:
-                continue
-            old, new = _date(e.old), _date(e.new)
-            if old is not None and new is not None and start_day <= old <= end_day < new:
-                slipped = True
-        if slipped:
-            fig.slipped += 1
-            fig.slippage += money(h.data.get("amount")) or Decimal(0)
-        # the moment at the end of the period
-        state = state_at(h, period.end)
-        if state is None or state.get("status") != "open":
-            continue
-        stage = str(state.get("stage"))
-        if stage in index:
-            fig.open_by_stage[stage] += 1
-            if index[stage] >= 1:
-                fig.open_qualified += 1
-            amount = money(state.get("amount"))
-            if amount is None and state.get("amount") is not None:
-                fig.unconverted += 1
-            elif amount is not None:
-                fig.pipeline[stage] = fig.pipeline.get(stage, Decimal(0)) + amount
-                prob = Decimal(state.get("probability") or 0) / 100
-                fig.weighted[stage] = fig.weighted.get(stage, Decimal(0)) + amount * prob
-        if judge is not None and freshness_known(h, period.end):
-            verdict = judge(state, [e for e in h.events if e.at <= period.end], period.end)
-            if verdict.tracked:
-                fig.tracked_open += 1
-                fig.stale += verdict.stale
-                fig.transparent += verdict.complete
+        fig.add(share(h, period, index, money, judge))
     return fig
 
 
