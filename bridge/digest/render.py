@@ -8,7 +8,9 @@ lay the same words out. A section with nothing in it is left out of all three.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -38,7 +40,10 @@ class Rendered:
     markdown: str
 
 
+@functools.cache
 def _env(autoescape: bool) -> jinja2.Environment:
+    """One environment per escaping mode for the process: Jinja compiles a template once and
+    keeps it (checking the file's time, so an edited template is read again)."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=autoescape,  # noqa: S701 - off only for the text and Markdown parts
@@ -88,12 +93,15 @@ def _gap(limit: str | None, f: Fmt) -> str:
     return f"{m.group(1)} {_GAP_ZH[m.group(2)]}"
 
 
-def _capped(items: list[Any], f: Fmt) -> dict[str, Any] | None:
+def _capped(
+    items: Sequence[ViolationItem], f: Fmt, word: Callable[[ViolationItem], dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The first :data:`LIST_LIMIT` items worded by ``word`` (the rest only counted)."""
     if not items:
         return None
     more = len(items) - LIST_LIMIT
     return {
-        "items": items[:LIST_LIMIT],
+        "items": [word(v) for v in items[:LIST_LIMIT]],
         "count": len(items),
         "more": f.t("more", n=f.count(more)) if more > 0 else "",
     }
@@ -219,21 +227,17 @@ def view(d: Digest, lang: str | None = None) -> dict[str, Any]:
                 for r in c.by_rule
             ],
             "escalations": _capped(
-                [
-                    _violation(v, f, f.t("escalated_on", date=f.date(v.escalated_at)))
-                    for v in c.escalations
-                ],
+                c.escalations,
                 f,
+                lambda v: _violation(v, f, f.t("escalated_on", date=f.date(v.escalated_at))),
             ),
             "new": _capped(
-                [_violation(v, f, f"{f.t('since')} {f.date(v.opened_at)}") for v in c.new], f
+                c.new, f, lambda v: _violation(v, f, f"{f.t('since')} {f.date(v.opened_at)}")
             ),
             "resolved": _capped(
-                [
-                    _violation(v, f, f.t("resolved_on", date=f.date(v.resolved_at)))
-                    for v in c.resolved
-                ],
+                c.resolved,
                 f,
+                lambda v: _violation(v, f, f.t("resolved_on", date=f.date(v.resolved_at))),
             ),
         }
     attention = [
