@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from bridge.config import load_config
 from bridge.digest import (
     build_digest,
+    digest_run,
     expand_teams,
     render_digest,
     rerender,
@@ -86,6 +88,68 @@ def test_a_digest_holds_only_the_recipients_teams(
     # violation, and the project count says so)
     digest = build_digest(store, loaded, who, now=NOW)  # type: ignore[arg-type]
     assert digest.projects == len({s for s in visible if "-00" in s})
+
+
+def test_one_run_for_all_recipients_keeps_each_scope(world: tuple[Store, object]) -> None:
+    # One run shares work between recipients: what one recipient's scope computed must never
+    # show up in another's digest, whichever order they are built in.
+    store, loaded = world
+    run = digest_run(store, loaded, NOW)  # type: ignore[arg-type]
+    hidden = {
+        "dir": WEST_SECRETS,
+        "bob": EAST_SECRETS + SHANGHAI_SECRETS,
+        "li": WEST_SECRETS,
+    }
+    for who in ("dir", "bob", "li", "bob", "dir"):
+        for lang in ("en", "zh-CN"):
+            out = "\n".join(render_digest(store, loaded, who, lang, run=run))  # type: ignore[arg-type]
+            for secret in hidden[who]:
+                assert secret not in out, f"{secret!r} leaked into {who}'s digest"
+
+
+def test_one_run_gives_each_recipient_what_a_build_of_its_own_gives(
+    world: tuple[Store, object],
+) -> None:
+    store, loaded = world
+    earlier = NOW - timedelta(days=2)
+    run = digest_run(store, loaded, NOW)  # type: ignore[arg-type]
+    for who in ("dir", "li", "bob"):
+        for lang in ("en", "zh-CN"):
+            for since in (None, earlier):
+                shared = build_digest(store, loaded, who, lang=lang, since=since, run=run)  # type: ignore[arg-type]
+                alone = build_digest(store, loaded, who, lang=lang, since=since, now=NOW)  # type: ignore[arg-type]
+                assert shared.model_dump(mode="json") == alone.model_dump(mode="json")
+                assert render(shared) == render(alone)
+
+
+def test_a_run_reads_and_evaluates_each_project_once(
+    world: tuple[Store, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The work that does not depend on the recipient is done once per run: one read of the
+    # projects and violations, and per project one evaluation at now and one per period end,
+    # however many recipients and languages are built.
+    store, loaded = world
+    calls = {"list_projects": 0, "list_violations": 0, "evaluate": 0}
+
+    def counting(name: str, fn: Any) -> Any:
+        def wrapped(*a: Any, **kw: Any) -> Any:
+            calls[name] += 1
+            return fn(*a, **kw)
+
+        return wrapped
+
+    for name in ("list_projects", "list_violations"):
+        monkeypatch.setattr(store, name, counting(name, getattr(store, name)))
+    run = digest_run(store, loaded, NOW)  # type: ignore[arg-type]
+    monkeypatch.setattr(run.pack, "evaluate", counting("evaluate", run.pack.evaluate))
+    for _ in range(3):
+        for who in ("dir", "li", "bob"):
+            for lang in ("en", "zh-CN"):
+                render_digest(store, loaded, who, lang, run=run)  # type: ignore[arg-type]
+    live = len(projects())
+    assert calls["list_projects"] == 1
+    assert calls["list_violations"] == 1
+    assert 0 < calls["evaluate"] <= 3 * live  # now, end of this period, end of the last one
 
 
 def test_content_compliance_attention_and_kpis(world: tuple[Store, object]) -> None:

@@ -4,6 +4,8 @@
 
     html, text, markdown = render_digest(store, loaded, "li", "zh-CN", now)
     outcomes = send_digests(store, loaded, only=["li"])        # e-mail + chat, archived
+    run = digest_run(store, loaded, now)                        # many recipients: share the work
+    digests = [build_digest(store, loaded, k, lang=lg, run=run) for k in keys for lg in langs]
     html, text, markdown, subject = rerender(store.get_digest(outcomes[0].digest_id))
 
 Layers: :mod:`~bridge.digest.scope` decides which projects a recipient may see (their teams
@@ -14,6 +16,11 @@ that must not see them; :mod:`~bridge.digest.render` words and lays it out (HTML
 plain text, Markdown for chat) in ``en`` or ``zh-CN``; :mod:`~bridge.digest.deliver` sends
 it (SMTP, apprise) with retries. Every digest sent is archived in the store with its content
 model, so it can be rendered again as it was.
+
+Digests of many recipients are built from one :class:`~bridge.digest.content.DigestRun`:
+the projects, violations and event logs are read once, each project is evaluated by the rule
+pack and counted into the KPIs once, and each scope's figures are summed once; per recipient
+only the scope's share is picked and worded. :func:`send_digests` does this on its own.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from ssl import SSLContext
 from typing import Any
 
 from bridge.config import LoadedConfig
-from bridge.digest.content import Digest, build
+from bridge.digest.content import Digest, DigestRun
 from bridge.digest.deliver import (
     Delivery,
     DeliveryError,
@@ -46,11 +53,13 @@ __all__ = [
     "Delivery",
     "DeliveryError",
     "Digest",
+    "DigestRun",
     "Outcome",
     "Rendered",
     "Retry",
     "Scope",
     "build_digest",
+    "digest_run",
     "expand_teams",
     "find_recipient",
     "load_pack",
@@ -76,6 +85,20 @@ def _calendars(loaded: LoadedConfig) -> Any:
     return calendars_from_config(loaded.config)
 
 
+def digest_run(
+    store: Store, loaded: LoadedConfig, now: datetime | None = None, pack: Any = None
+) -> DigestRun:
+    """A :class:`DigestRun` at ``now`` (default: the current time) with the configured pack:
+    build every recipient's digest of one run from it."""
+    return DigestRun(
+        store,
+        loaded.config,
+        pack if pack is not None else load_pack(loaded),
+        now=now or datetime.now(UTC),
+        calendar_of=_calendars(loaded),
+    )
+
+
 def build_digest(
     store: Store,
     loaded: LoadedConfig,
@@ -85,20 +108,14 @@ def build_digest(
     now: datetime | None = None,
     pack: Any = None,
     since: datetime | None = None,
+    run: DigestRun | None = None,
 ) -> Digest:
-    """The content of ``recipient``'s digest (a ``[recipients.<key>]`` key or a name)."""
+    """The content of ``recipient``'s digest (a ``[recipients.<key>]`` key or a name). With
+    ``run`` (see :func:`digest_run`) the run's time and pack are used and its work shared."""
     key, rec = find_recipient(loaded.config, recipient)
-    return build(
-        store,
-        loaded.config,
-        key,
-        rec,
-        pack if pack is not None else load_pack(loaded),
-        now=now or datetime.now(UTC),
-        lang=norm_lang(lang) if lang else rec.language,
-        calendar_of=_calendars(loaded),
-        since=since,
-    )
+    if run is None:
+        run = digest_run(store, loaded, now, pack)
+    return run.digest(key, rec, lang=norm_lang(lang) if lang else rec.language, since=since)
 
 
 def render_digest(
@@ -107,9 +124,11 @@ def render_digest(
     recipient: str,
     lang: str | None = None,
     now: datetime | None = None,
+    *,
+    run: DigestRun | None = None,
 ) -> tuple[str, str, str]:
     """(HTML, plain text, Markdown) of ``recipient``'s digest as it would be sent now."""
-    r = render(build_digest(store, loaded, recipient, lang=lang, now=now))
+    r = render(build_digest(store, loaded, recipient, lang=lang, now=now, run=run))
     return r.html, r.text, r.markdown
 
 
@@ -167,12 +186,14 @@ def send_digests(
     )
     now = (now or datetime.now(UTC)).astimezone(UTC)
     retry = retry or Retry()
-    pack = load_pack(loaded) if keys else None
+    if not keys:
+        return []
+    run = digest_run(store, loaded, now)
     outcomes = []
     for key in keys:
         try:
             outcomes.append(
-                _one(store, loaded, key, pack, now, dry_run, retry, environ, ssl_context)
+                _one(store, loaded, key, run, now, dry_run, retry, environ, ssl_context)
             )
         except Exception as exc:  # one recipient's bad data must not stop the others
             log.exception("digest: building the digest of %s failed", key)
@@ -184,7 +205,7 @@ def _one(
     store: Store,
     loaded: LoadedConfig,
     key: str,
-    pack: Any,
+    run: DigestRun,
     now: datetime,
     dry_run: bool,
     retry: Retry,
@@ -193,7 +214,7 @@ def _one(
 ) -> Outcome:
     config = loaded.config
     rec = config.recipients[key]
-    digest = build_digest(store, loaded, key, now=now, pack=pack)
+    digest = build_digest(store, loaded, key, run=run)
     rendered = render(digest)
     channels = ([f"email:{rec.email}"] if rec.email and config.smtp else []) + [
         f"chat:{i + 1}" for i in range(len(rec.channels))

@@ -13,9 +13,11 @@ from __future__ import annotations
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,7 +25,7 @@ from bridge.config import Config, RecipientConfig
 from bridge.digest import kpi
 from bridge.digest.scope import Scope, team_label
 from bridge.model import Lifecycle
-from bridge.store import Store, Violation
+from bridge.store import Event, Store, Violation
 
 PERIOD = timedelta(days=28)
 """KPIs cover the last four weeks (same weekdays) against the four weeks before."""
@@ -233,12 +235,14 @@ def _compliance(
     refs: Mapping[str, ProjectRef],
     since: datetime,
     pack: Any,
+    item: Callable[[Violation, ProjectRef], ViolationItem] | None = None,
 ) -> Compliance:
     out = Compliance()
     by_owner: dict[str, Counter[str]] = defaultdict(Counter)
     owner_label: dict[str, str] = {}
     by_rule: dict[str, Counter[str]] = defaultdict(Counter)
     severity_rank = {"critical": 0, "warning": 1, "info": 2}
+    make = item or (lambda v, ref: _item(v, ref, pack))
     for v in violations:
         ref = refs[v.project_id]
         if v.is_open:
@@ -252,11 +256,11 @@ def _compliance(
             by_rule[v.rule]["open"] += 1
             by_rule[v.rule]["critical"] += crit
             if v.opened_at >= since:
-                out.new.append(_item(v, ref, pack))
+                out.new.append(make(v, ref))
             if v.status == "escalated":
-                out.escalations.append(_item(v, ref, pack))
+                out.escalations.append(make(v, ref))
         elif v.resolved_at is not None and v.resolved_at >= since:
-            out.resolved.append(_item(v, ref, pack))
+            out.resolved.append(make(v, ref))
     out.by_owner = sorted(
         (
             Count(key=k, label={"en": owner_label[k], "zh-CN": owner_label[k]}, **c)
@@ -286,9 +290,9 @@ def _attention(
     now: datetime,
     tz: Any,
 ) -> list[AttentionItem]:
-    overdue: list[AttentionItem] = []
-    slipping: list[AttentionItem] = []
-    stuck: list[AttentionItem] = []
+    overdue: list[dict[str, Any]] = []
+    slipping: list[dict[str, Any]] = []
+    stuck: list[dict[str, Any]] = []
     today = now.astimezone(tz).date()
     for h in histories:
         data = h.data
@@ -300,12 +304,12 @@ def _attention(
         facts = ev.facts if ev is not None else {}
         if ev is not None and ev.admission.tracked and facts.get("cadence_ok") is False:
             overdue.append(
-                AttentionItem(
-                    project=ref,
-                    kind="overdue_update",
-                    days=facts.get("idle_days"),
-                    limit=str(facts.get("cadence_limit") or ""),
-                )
+                {
+                    "project": ref,
+                    "kind": "overdue_update",
+                    "days": facts.get("idle_days"),
+                    "limit": str(facts.get("cadence_limit") or ""),
+                }
             )
         close = kpi._date(data.get("expected_close_date"))
         pushed = [
@@ -321,30 +325,34 @@ def _attention(
             last = pushed[-1]
             old, new = kpi._date(last.old), kpi._date(last.new)
             slipping.append(
-                AttentionItem(
-                    project=ref,
-                    kind="slipping",
-                    days=(new - old).days if old and new else None,
-                    old_date=old,
-                    new_date=new,
-                )
+                {
+                    "project": ref,
+                    "kind": "slipping",
+                    "days": (new - old).days if old and new else None,
+                    "old_date": old,
+                    "new_date": new,
+                }
             )
         elif close is not None and close < today:
             slipping.append(
-                AttentionItem(
-                    project=ref, kind="slipping", days=(today - close).days, old_date=close
-                )
+                {
+                    "project": ref,
+                    "kind": "slipping",
+                    "days": (today - close).days,
+                    "old_date": close,
+                }
             )
         entered = kpi._dt(data.get("stage_entered_at"))
         if entered is not None and data.get("stage") != "delivery":
             days = (now - entered).days
             if days > STUCK_DAYS:
-                stuck.append(AttentionItem(project=ref, kind="stuck", days=days))
+                stuck.append({"project": ref, "kind": "stuck", "days": days})
     never = 10**6
-    overdue.sort(key=lambda a: -(a.days if a.days is not None else never))
-    slipping.sort(key=lambda a: -(a.days or 0))
-    stuck.sort(key=lambda a: -(a.days or 0))
-    return overdue[:TOP] + slipping[:TOP] + stuck[:TOP]
+    # stable sorts of the candidates, then models for the TOP of each kind only
+    overdue.sort(key=lambda a: -(a["days"] if a["days"] is not None else never))
+    slipping.sort(key=lambda a: -(a["days"] or 0))
+    stuck.sort(key=lambda a: -(a["days"] or 0))
+    return [AttentionItem(**a) for a in overdue[:TOP] + slipping[:TOP] + stuck[:TOP]]
 
 
 def _freshness(histories: Sequence[kpi.History], now: datetime) -> list[Bucket]:
@@ -429,100 +437,272 @@ def build(
     period: timedelta = PERIOD,
 ) -> Digest:
     """The digest for recipient ``key`` at ``now``; "what changed" counts from ``since``
-    (default: the recipient's last delivered digest, else a week back)."""
-    from zoneinfo import ZoneInfo
+    (default: the recipient's last delivered digest, else a week back). For several
+    recipients, build them from one :class:`DigestRun`."""
+    run = DigestRun(store, config, pack, now=now, calendar_of=calendar_of, period=period)
+    return run.digest(key, recipient, lang=lang, since=since)
 
-    now = now.astimezone(UTC)
-    tzname = recipient.timezone or config.timezone
-    tz = ZoneInfo(tzname)
-    if since is None:
-        last = store.last_digest(key)
-        since = last.sent_at if last is not None else now - FIRST_SINCE
-    scope = Scope(config, recipient.teams)
-    projects = list(scope.projects(store))
-    ids = [str(p["id"]) for p in projects]
-    logs = store.events_for_projects(ids)
-    histories = [kpi.History(p, logs.get(str(p["id"]), [])) for p in projects]
-    lifecycle = config.lifecycle
-    refs = {str(p["id"]): _ref(p, lifecycle) for p in projects}
-    cal_of = calendar_of or (lambda _t: None)
 
-    # compliance: the store's violations (the sweep's record) of in-scope projects only
-    violations = [v for v in store.list_violations(open_only=False) if v.project_id in refs]
-    compliance = _compliance(violations, refs, since, pack)
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """What every recipient with the same scope, ``since`` and timezone is told (amounts not
+    yet masked: masking is per recipient)."""
 
-    evaluations = {
-        str(h.data["id"]): pack.evaluate(h.data, h.events, now, cal_of(h.data.get("team")))
-        for h in histories
-        if h.data.get("status") == "open"
-    }
-    attention = _attention(histories, evaluations, refs, since, now, tz)
+    projects: int
+    open_projects: int
+    activity: int
+    currency: str
+    compliance: Compliance
+    attention: list[AttentionItem]
+    cur: kpi.Figures
+    prev: kpi.Figures
+    conversion: list[Conversion]
+    freshness: list[Bucket]
 
-    plan = getattr(pack, "plan", None)
-    base = getattr(plan, "base_currency", None)
-    if base is None:
-        currencies = Counter(
-            str((p.get("amount") or {}).get("currency")) for p in projects if p.get("amount")
-        )
-        base = currencies.most_common(1)[0][0] if currencies else "USD"
-    money = kpi.MoneyConverter(base, dict(getattr(plan, "fx", {}) or {}))
-    judge = kpi.pack_judge(pack, cal_of)
-    cur_p = kpi.Period.ending(now, period)
-    stages = lifecycle.keys
-    cur = kpi.compute(histories, cur_p, stages, money, judge)
-    prev = kpi.compute(histories, cur_p.previous(), stages, money, judge)
-    masked = recipient.mask_amounts
 
-    conversion = []
-    for s, nxt in itertools.pairwise(stages):
-        if cur.entered.get(s, 0) or prev.entered.get(s, 0):
-            conversion.append(
-                Conversion(
-                    stage=s,
-                    label=_labels(lifecycle, s),
-                    next_label=_labels(lifecycle, nxt),
-                    moved=cur.moved.get((s, nxt), 0),
-                    entered=cur.entered.get(s, 0),
-                    rate=cur.conversion(s, nxt),
-                    previous=prev.conversion(s, nxt),
-                )
+class DigestRun:
+    """One digest run at ``now``: what does not depend on the recipient is computed once and
+    shared by every recipient and language built from it.
+
+    Read once per run: the live projects, the violations, each project's event log (when a
+    scope first needs it). Computed once per project: its reference, its evaluation by the rule
+    pack at ``now``, and its share of each period's KPIs (:func:`kpi.share`, which evaluates the
+    pack on the project as it was at the period's end). Per scope, ``since`` and timezone: the
+    sums of those shares, compliance, attention, freshness (:class:`_Part`). Per recipient: the
+    recipient's own fields and the masking of amounts.
+
+    A run is a snapshot: build it, build the digests, drop it. Projects or violations written
+    to the store after its first read are not seen by it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        pack: Any,
+        *,
+        now: datetime,
+        calendar_of: Callable[[str | None], Any] | None = None,
+        period: timedelta = PERIOD,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.pack = pack
+        self.now = now.astimezone(UTC)
+        self.period = period
+        self.current = kpi.Period.ending(self.now, period)
+        self.previous = self.current.previous()
+        self._cal_of: Callable[[str | None], Any] = calendar_of or (lambda _t: None)
+        self._judge = kpi.pack_judge(pack, self._cal_of)
+        self._index = {s: i for i, s in enumerate(config.lifecycle.keys)}
+        plan = getattr(pack, "plan", None)
+        self._base: str | None = getattr(plan, "base_currency", None)
+        self._fx = dict(getattr(plan, "fx", {}) or {})
+        self._projects: list[dict[str, Any]] | None = None
+        self._violations: list[Violation] | None = None
+        self._events: dict[str, list[Event]] = {}
+        self._refs: dict[str, ProjectRef] = {}
+        self._items: dict[int, ViolationItem] = {}
+        self._evaluations: dict[str, Any] = {}
+        self._shares: dict[tuple[str, bool, str], kpi.Share] = {}
+        self._scoped: dict[Any, list[kpi.History]] = {}
+        self._parts: dict[tuple[Any, datetime, str], _Part] = {}
+
+    # ----------------------------------------------------------------- read once
+
+    def projects(self) -> list[dict[str, Any]]:
+        """Every live project (canonical JSON), in the store's order."""
+        if self._projects is None:
+            self._projects = list(self.store.list_projects())
+        return self._projects
+
+    def violations(self) -> list[Violation]:
+        if self._violations is None:
+            self._violations = self.store.list_violations(open_only=False)
+        return self._violations
+
+    def histories(self, scope: Scope) -> list[kpi.History]:
+        """The scope's projects with their event logs (logs read once per project per run)."""
+        key = scope.key
+        found = self._scoped.get(key)
+        if found is None:
+            projects = [p for p in self.projects() if scope.contains(p)]
+            missing = [str(p["id"]) for p in projects if str(p["id"]) not in self._events]
+            if missing:
+                logs = self.store.events_for_projects(missing)
+                for pid in missing:
+                    self._events[pid] = logs.get(pid, [])
+            found = [kpi.History(p, self._events[str(p["id"])]) for p in projects]
+            self._scoped[key] = found
+        return found
+
+    # ----------------------------------------------------------------- once per project
+
+    def ref(self, data: Mapping[str, Any]) -> ProjectRef:
+        pid = str(data["id"])
+        ref = self._refs.get(pid)
+        if ref is None:
+            ref = self._refs[pid] = _ref(data, self.config.lifecycle)
+        return ref
+
+    def _item(self, v: Violation, ref: ProjectRef) -> ViolationItem:
+        item = self._items.get(v.id)
+        if item is None:
+            item = self._items[v.id] = _item(v, ref, self.pack)
+        return item
+
+    def evaluation(self, h: kpi.History) -> Any:
+        """The pack's evaluation of the project at ``now``."""
+        data = h.data
+        pid = str(data["id"])
+        ev = self._evaluations.get(pid)
+        if ev is None:
+            ev = self.pack.evaluate(data, h.events, self.now, self._cal_of(data.get("team")))
+            self._evaluations[pid] = ev
+        return ev
+
+    def share(self, h: kpi.History, previous: bool, money: kpi.MoneyConverter) -> kpi.Share:
+        key = (str(h.data["id"]), previous, money.base)
+        found = self._shares.get(key)
+        if found is None:
+            period = self.previous if previous else self.current
+            found = kpi.share(h, period, self._index, money, self._judge)
+            self._shares[key] = found
+        return found
+
+    # ----------------------------------------------------------------- per scope
+
+    def _money(self, histories: Sequence[kpi.History]) -> kpi.MoneyConverter:
+        base = self._base
+        if base is None:
+            currencies = Counter(
+                str((h.data.get("amount") or {}).get("currency"))
+                for h in histories
+                if h.data.get("amount")
             )
-    funnel = [
-        StageBar(
-            stage=s,
-            label=_labels(lifecycle, s),
-            count=cur.open_by_stage.get(s, 0),
-            value=None if masked else cur.pipeline.get(s, Decimal(0)),
-            weighted=None if masked else cur.weighted.get(s, Decimal(0)),
+            base = currencies.most_common(1)[0][0] if currencies else "USD"
+        return kpi.MoneyConverter(base, self._fx)
+
+    def _figures(
+        self, histories: Sequence[kpi.History], previous: bool, money: kpi.MoneyConverter
+    ) -> kpi.Figures:
+        period = self.previous if previous else self.current
+        fig = kpi.Figures(period=period, open_by_stage=dict.fromkeys(self._index, 0))
+        for h in histories:
+            fig.add(self.share(h, previous, money))
+        return fig
+
+    def _part(self, scope: Scope, since: datetime, tzname: str) -> _Part:
+        key = (scope.key, since, tzname)
+        part = self._parts.get(key)
+        if part is not None:
+            return part
+        tz = ZoneInfo(tzname)
+        histories = self.histories(scope)
+        refs = {str(h.data["id"]): self.ref(h.data) for h in histories}
+        # compliance: the store's violations (the sweep's record) of in-scope projects only
+        violations = [v for v in self.violations() if v.project_id in refs]
+        compliance = _compliance(violations, refs, since, self.pack, self._item)
+        evaluations = {
+            str(h.data["id"]): self.evaluation(h)
+            for h in histories
+            if h.data.get("status") == "open"
+        }
+        attention = _attention(histories, evaluations, refs, since, self.now, tz)
+        money = self._money(histories)
+        cur = self._figures(histories, False, money)
+        prev = self._figures(histories, True, money)
+        lifecycle = self.config.lifecycle
+        conversion = []
+        for s, nxt in itertools.pairwise(lifecycle.keys):
+            if cur.entered.get(s, 0) or prev.entered.get(s, 0):
+                conversion.append(
+                    Conversion(
+                        stage=s,
+                        label=_labels(lifecycle, s),
+                        next_label=_labels(lifecycle, nxt),
+                        moved=cur.moved.get((s, nxt), 0),
+                        entered=cur.entered.get(s, 0),
+                        rate=cur.conversion(s, nxt),
+                        previous=prev.conversion(s, nxt),
+                    )
+                )
+        activity = sum(1 for h in histories for e in h.events if e.at >= since) + sum(
+            1
+            for h in histories
+            if (u := kpi._dt(h.data.get("updated_at"))) is not None and u >= since
         )
-        for s in stages
-    ]
-    activity = sum(1 for h in histories for e in h.events if e.at >= since) + sum(
-        1 for p in projects if (u := kpi._dt(p.get("updated_at"))) is not None and u >= since
-    )
-    return Digest(
-        recipient=key,
-        recipient_name=recipient.name,
-        lang=lang or recipient.language,
-        timezone=tzname,
-        teams=sorted(scope.teams),
-        team_labels={
-            lg: ", ".join(team_label(config, t, lg) for t in scope.roots) for lg in ("en", "zh-CN")
-        },
-        generated_at=now,
-        since=since,
-        period_start=cur_p.start,
-        period_end=cur_p.end,
-        period_days=period.days,
-        currency=base,
-        masked=masked,
-        projects=len(projects),
-        open_projects=sum(1 for p in projects if p.get("status") == "open"),
-        activity=activity,
-        compliance=compliance,
-        attention=attention,
-        kpis=_kpis(cur, prev, masked),
-        conversion=conversion,
-        funnel=funnel,
-        freshness=_freshness(histories, now),
-    )
+        part = _Part(
+            projects=len(histories),
+            open_projects=sum(1 for h in histories if h.data.get("status") == "open"),
+            activity=activity,
+            currency=money.base,
+            compliance=compliance,
+            attention=attention,
+            cur=cur,
+            prev=prev,
+            conversion=conversion,
+            freshness=_freshness(histories, self.now),
+        )
+        self._parts[key] = part
+        return part
+
+    # ----------------------------------------------------------------- per recipient
+
+    def digest(
+        self,
+        key: str,
+        recipient: RecipientConfig,
+        *,
+        lang: str | None = None,
+        since: datetime | None = None,
+    ) -> Digest:
+        """Recipient ``key``'s digest; "what changed" counts from ``since`` (default: the
+        recipient's last delivered digest, else a week before the run's ``now``)."""
+        now = self.now
+        config = self.config
+        tzname = recipient.timezone or config.timezone
+        if since is None:
+            last = self.store.last_digest(key)
+            since = last.sent_at if last is not None else now - FIRST_SINCE
+        scope = Scope(config, recipient.teams)
+        part = self._part(scope, since, tzname)
+        cur, prev = part.cur, part.prev
+        masked = recipient.mask_amounts
+        funnel = [
+            StageBar(
+                stage=s,
+                label=_labels(config.lifecycle, s),
+                count=cur.open_by_stage.get(s, 0),
+                value=None if masked else cur.pipeline.get(s, Decimal(0)),
+                weighted=None if masked else cur.weighted.get(s, Decimal(0)),
+            )
+            for s in config.lifecycle.keys
+        ]
+        return Digest(
+            recipient=key,
+            recipient_name=recipient.name,
+            lang=lang or recipient.language,
+            timezone=tzname,
+            teams=sorted(scope.teams),
+            team_labels={
+                lg: ", ".join(team_label(config, t, lg) for t in scope.roots)
+                for lg in ("en", "zh-CN")
+            },
+            generated_at=now,
+            since=since,
+            period_start=self.current.start,
+            period_end=self.current.end,
+            period_days=self.period.days,
+            currency=part.currency,
+            masked=masked,
+            projects=part.projects,
+            open_projects=part.open_projects,
+            activity=part.activity,
+            compliance=part.compliance,
+            attention=part.attention,
+            kpis=_kpis(cur, prev, masked),
+            conversion=part.conversion,
+            funnel=funnel,
+            freshness=part.freshness,
+        )

@@ -47,6 +47,12 @@ class Scope:
             if t in config.teams
         )
 
+    @property
+    def key(self) -> tuple[frozenset[str], frozenset[str]]:
+        """What decides :meth:`contains` (besides the config's team list): scopes of one
+        config with equal keys hold the same projects, whatever roots they were named by."""
+        return self.teams, self._members
+
     def contains(self, project: Mapping[str, Any]) -> bool:
         team = project.get("team")
         if team and team in self._known:
