@@ -29,6 +29,7 @@ in with :meth:`~TrelloEmulator.load_export` (a board's "Export as JSON") and
 from __future__ import annotations
 
 import base64
+import bisect
 import copy
 import csv
 import hashlib
@@ -49,7 +50,7 @@ from urllib.parse import parse_qsl
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -73,8 +74,8 @@ _MEMBER_FIELDS = ("id", "fullName", "username", "initials", "avatarHash", "avata
 
 def trello_time(at: datetime) -> str:
     """``2019-06-12T22:19:30.732Z``: Trello's form of a time (UTC, milliseconds)."""
-    at = at.astimezone(UTC)
-    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+    # isoformat truncates to milliseconds, as Trello does; it is much faster than strftime.
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_trello_time(text: str) -> datetime:
@@ -162,7 +163,10 @@ class TrelloEmulator(Emulator):
         """card id -> custom field id -> customFieldItem"""
         self.checklists: dict[str, Json] = {}
         self.actions: list[Json] = []
-        """The action log, oldest first."""
+        """The action log, oldest first; append-only (see :meth:`_action_index`)."""
+        self._index = _ActionIndex(self.actions)
+        self._next_short: dict[str, int] = {}
+        """board id -> the idShort its next card gets (Trello never reuses one)."""
         self.webhooks: dict[str, Json] = {}
         self.deliveries: list[tuple[str, int | None]] = []
         """(callback URL, status or None) of every webhook delivery attempted."""
@@ -307,7 +311,7 @@ class TrelloEmulator(Emulator):
             lst = self._find("list", list_id)
             board = self.boards[lst["idBoard"]]
             cid = self._new_id()
-            idshort = 1 + sum(1 for c in self.cards.values() if c["idBoard"] == board["id"])
+            idshort = self._idshort(board["id"])
             short = _short_link(cid)
             card: Json = {
                 "id": cid,
@@ -512,14 +516,17 @@ class TrelloEmulator(Emulator):
     def card(self, card_id: str) -> Json:
         """The card as GET /cards/{id}?fields=all&customFieldItems=true&checklists=all shows it."""
         with self._lock:
-            return self._card_json(
-                self._find("card", card_id),
-                {"fields": "all", "customFieldItems": "true", "checklists": "all"},
+            return copy.deepcopy(
+                self._card_json(
+                    self._find("card", card_id),
+                    {"fields": "all", "customFieldItems": "true", "checklists": "all"},
+                )
             )
 
     def board_actions(self, board: str) -> list[Json]:
         with self._lock:
-            return [copy.deepcopy(a) for a in self.actions if _board_of(a) == board]
+            log = self.actions
+            return [copy.deepcopy(log[i]) for i in self._action_index().board.get(board, [])]
 
     # ------------------------------------------------------------------ real data
 
@@ -535,6 +542,7 @@ class TrelloEmulator(Emulator):
         data = copy.deepcopy(data)
         with self._lock:
             bid = data["id"]
+            self._next_short.pop(bid, None)
             board = {k: v for k, v in data.items() if not isinstance(v, list) or k == "idTags"}
             board.setdefault("idMembers", [])
             for m in data.get("members", []):
@@ -619,6 +627,24 @@ class TrelloEmulator(Emulator):
             now = self._last
         self._last = now
         return now
+
+    def _idshort(self, board: str) -> int:
+        """The next card number on ``board``: one past the highest it ever gave (or loaded)."""
+        if board not in self._next_short:
+            taken = [
+                int(c.get("idShort") or 0) for c in self.cards.values() if c["idBoard"] == board
+            ]
+            self._next_short[board] = max(taken, default=0) + 1
+        number = self._next_short[board]
+        self._next_short[board] = number + 1
+        return number
+
+    def _action_index(self) -> _ActionIndex:
+        """The action log's index, caught up with what was appended since it was last asked."""
+        if self._index.log is not self.actions or self._index.size > len(self.actions):
+            self._index = _ActionIndex(self.actions)  # the log was replaced or cut: start over
+        self._index.catch_up()
+        return self._index
 
     def _find(self, kind: str, oid: str) -> Json:
         store = {
@@ -819,7 +845,9 @@ class TrelloEmulator(Emulator):
     # ------------------------------------------------------------------ internals: rendering
 
     def _card_json(self, card: Json, params: Mapping[str, str]) -> Json:
-        out = copy.deepcopy(card)
+        """The card as the API shows it. It shares nested values with the emulator's state:
+        requests serialise it under the lock (:meth:`_handle`); others copy it."""
+        out = dict(card)
         out["labels"] = [
             dict(self.labels[x]) for x in card.get("idLabels") or [] if x in self.labels
         ]
@@ -827,9 +855,8 @@ class TrelloEmulator(Emulator):
             self.checklists[x] for x in card.get("idChecklists") or [] if x in self.checklists
         ]
         items = [i for c in checklists for i in c["checkItems"]]
-        comments = sum(
-            1 for a in self.actions if a["type"] == "commentCard" and _card_of(a) == card["id"]
-        )
+        index = self._action_index()
+        comments = index.comments.get(card["id"], 0)
         badges = dict(card.get("badges") or {})
         badges.update(
             {
@@ -852,7 +879,7 @@ class TrelloEmulator(Emulator):
         if _true(params.get("customFieldItems")):
             out["customFieldItems"] = [dict(i) for i in self.items.get(card["id"], {}).values()]
         if params.get("checklists", "none") != "none":
-            out["checklists"] = copy.deepcopy(checklists)
+            out["checklists"] = checklists
         if _true(params.get("members")):
             out["members"] = [
                 {k: self.members[m].get(k) for k in _MEMBER_FIELDS}
@@ -864,12 +891,13 @@ class TrelloEmulator(Emulator):
         if params.get("actions"):
             limit = int(params.get("actions_limit", "50"))
             kinds = _kinds(params["actions"])
+            log = self.actions
             found = [
-                a
-                for a in reversed(self.actions)
-                if _card_of(a) == card["id"] and (kinds is None or a["type"] in kinds)
+                log[i]
+                for i in reversed(index.card.get(card["id"], []))
+                if kinds is None or log[i]["type"] in kinds
             ]
-            out["actions"] = copy.deepcopy(found[:limit])
+            out["actions"] = found[:limit]
         return out
 
     def _board_cards(self, board: Json, params: Mapping[str, str], filter_: str) -> list[Json]:
@@ -889,29 +917,36 @@ class TrelloEmulator(Emulator):
             raise TrelloError(400, "invalid value for limit")
         page = _int_param(params, "page", 0)
         kinds = _kinds(params.get("filter", "all"))
-        found = [
-            (i, a)
-            for i, a in enumerate(self.actions)
-            if _board_of(a) == board["id"] and (kinds is None or a["type"] in kinds)
-        ]
+        log = self.actions
+        # The board's places in the log, ascending: an id bound is a slice by bisection, a
+        # date bound a filter (dates follow the log's order only as far as loads keep it).
+        places = self._action_index().board.get(board["id"], [])
         if "since" in params:
             pos, at = self._bound(params["since"], "since")
-            found = [(i, a) for i, a in found if (i > pos if pos is not None else _at(a) > at)]
+            if pos is not None:
+                places = places[bisect.bisect_right(places, pos) :]
+            else:
+                places = [i for i in places if _at(log[i]) > at]
         if "before" in params:
             pos, at = self._bound(params["before"], "before")
-            found = [(i, a) for i, a in found if (i < pos if pos is not None else _at(a) < at)]
-        newest_first = [a for _, a in reversed(found)]
-        chunk = newest_first[page * limit : (page + 1) * limit]
+            if pos is not None:
+                places = places[: bisect.bisect_left(places, pos)]
+            else:
+                places = [i for i in places if _at(log[i]) < at]
+        if kinds is not None:
+            places = [i for i in places if log[i]["type"] in kinds]
+        end = len(places) - page * limit
+        chunk = [log[i] for i in reversed(places[max(0, end - limit) : max(0, end)])]
         if not _true(params.get("memberCreator", "true")):
             chunk = [{k: v for k, v in a.items() if k != "memberCreator"} for a in chunk]
-        return copy.deepcopy(chunk)
+        return chunk  # serialised under the lock (see _handle): no copy needed
 
     def _bound(self, value: str, name: str) -> tuple[int | None, datetime]:
         """An action id (its place in the log) or a date; an unknown id counts by its time."""
         if _ID.match(value):
-            for i, a in enumerate(self.actions):
-                if a["id"] == value:
-                    return i, _at(a)
+            i = self._action_index().place.get(value)
+            if i is not None:
+                return i, _at(self.actions[i])
             return None, datetime.fromtimestamp(int(value[:8], 16), UTC)
         try:
             return None, parse_trello_time(value)
@@ -1037,24 +1072,30 @@ class TrelloEmulator(Emulator):
                 if body:
                     params.update(_body_params(body, request.headers.get("content-type", "")))
                 params.update(request.path_params)
-                result = await run_in_threadpool(self._handle, handler, params)
+                body = await run_in_threadpool(self._handle, handler, params)
             except TrelloError as exc:
                 return PlainTextResponse(exc.text, status_code=exc.status)
-            return JSONResponse(result)
+            return Response(body, media_type="application/json")
 
         return Route(path, endpoint, methods=[method])
 
-    def _handle(self, handler: Callable[[Mapping[str, str], Json], Any], params: Json) -> Any:
+    def _handle(self, handler: Callable[[Mapping[str, str], Json], Any], params: Json) -> bytes:
+        """Run ``handler`` and serialise its answer, both under the lock: answers share
+        values with the emulator's state (no deep copies), so they are encoded before any
+        other request or edit can change them."""
         with self._lock:
             token = self.tokens[params["token"]]
             actor = self.members[token.member]["username"]
             self._local.in_request = True
             try:
                 result = handler(params, {"actor": actor})
+                body = json.dumps(
+                    result, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+                ).encode("utf-8")
             finally:
                 self._local.in_request = False
         self._flush()
-        return result
+        return body
 
     def _authenticate(self, params: Mapping[str, str]) -> str | None:
         if params.get("key") not in self.keys:
@@ -1300,6 +1341,38 @@ class TrelloEmulator(Emulator):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+class _ActionIndex:
+    """Where each action sits in the (append-only) log: by id, by board and by card, with the
+    number of comments per card, so a card or a page of actions never scans the whole log.
+
+    Built incrementally: :meth:`catch_up` indexes what was appended since its last call, so
+    actions appended by any path (people's edits, requests, :meth:`TrelloEmulator.load_export`)
+    are found. Actions are never removed or rewritten in Trello's log, nor in the emulator's.
+    """
+
+    def __init__(self, log: list[Json]) -> None:
+        self.log = log
+        self.size = 0
+        self.place: dict[str, int] = {}
+        self.board: dict[str, list[int]] = {}
+        self.card: dict[str, list[int]] = {}
+        self.comments: dict[str, int] = {}
+
+    def catch_up(self) -> None:
+        log = self.log
+        for i in range(self.size, len(log)):
+            action = log[i]
+            self.place.setdefault(action["id"], i)
+            board, card = _board_of(action), _card_of(action)
+            if board is not None:
+                self.board.setdefault(board, []).append(i)
+            if card is not None:
+                self.card.setdefault(card, []).append(i)
+                if action.get("type") == "commentCard":
+                    self.comments[card] = self.comments.get(card, 0) + 1
+        self.size = len(log)
 
 
 def _webhook_json(hook: Json) -> Json:
