@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -402,3 +403,90 @@ def test_soql_errors_are_salesforce_errors(query: str, code: str) -> None:
     with pytest.raises(SalesforceApiError) as err:
         make_org().query(query)
     assert err.value.code == code
+
+
+def test_child_subqueries_read_exactly_each_parents_children() -> None:
+    """Child rows are grouped by parent once per query (not scanned once per parent row):
+    each parent still gets exactly the children a query on the child object finds for it,
+    filtered, ordered and limited as the subquery says, in query and queryAll, after
+    children moved between parents and some records were deleted."""
+    rnd = random.Random(3)
+    org = make_org()
+    accounts = [org.insert("Account", {"Name": f"acct {i}"}) for i in range(3)]
+    opps = [
+        org.insert("Opportunity", opportunity(Name=f"opp {i % 4}", AccountId=rnd.choice(accounts)))
+        for i in range(12)
+    ]
+    contacts = [org.insert("Contact", {"LastName": f"c{i}"}) for i in range(5)]
+    tasks = []
+    for i in range(60):
+        what = rnd.choice(opps + accounts)
+        status = rnd.choice(["Not Started", "Completed", "In Progress"])
+        tasks.append(org.insert("Task", {"WhatId": what, "Subject": f"t{i % 7}", "Status": status}))
+    for _ in range(20):
+        org.insert(
+            "OpportunityContactRole",
+            {"OpportunityId": rnd.choice(opps), "ContactId": rnd.choice(contacts)},
+        )
+    for task in rnd.sample(tasks, 10):
+        org.update("Task", task, {"WhatId": rnd.choice(opps)})  # moved to another parent
+    for task in rnd.sample(tasks, 8):
+        org.delete("Task", task)
+    org.delete("Opportunity", opps[0])
+    task_where = "Status != 'Completed'"
+    task_order = "ORDER BY Subject DESC, Id LIMIT 3"
+    query = (
+        "SELECT Id, Name, "
+        f"(SELECT Id, Subject, Owner.Email FROM Tasks WHERE {task_where} {task_order}), "
+        "(SELECT Id, Contact.Name FROM OpportunityContactRoles ORDER BY CreatedDate, Id) "
+        "FROM Opportunity ORDER BY Name, Id"
+    )
+    for include_deleted in (False, True):
+        rows = org.query(query, include_deleted=include_deleted)
+        assert len(rows) == 12 if include_deleted else 11
+        seen = 0
+        for row in rows:
+            rid = row["Id"]
+            tasks_of = org.query(
+                f"SELECT Id, Subject, Owner.Email FROM Task WHERE WhatId = '{rid}' "
+                f"AND {task_where} {task_order}",
+                include_deleted=include_deleted,
+            )
+            roles_of = org.query(
+                "SELECT Id, Contact.Name FROM OpportunityContactRole "
+                f"WHERE OpportunityId = '{rid}' ORDER BY CreatedDate, Id",
+                include_deleted=include_deleted,
+            )
+            for rel, expected in (("Tasks", tasks_of), ("OpportunityContactRoles", roles_of)):
+                want = {"totalSize": len(expected), "done": True, "records": expected}
+                assert row[rel] == (want if expected else None), (rid, rel)
+                seen += len(expected)
+        assert seen > 20, "the data gives the subqueries something to find"
+    (account,) = org.query(
+        f"SELECT Name, (SELECT Name FROM Opportunities ORDER BY Name, Id) FROM Account "
+        f"WHERE Id = '{accounts[0]}'"
+    )
+    mine = [r for r in org.query("SELECT Name, AccountId FROM Opportunity ORDER BY Name, Id")
+            if r["AccountId"] == accounts[0]]  # fmt: skip
+    assert [r["Name"] for r in account["Opportunities"]["records"]] == [r["Name"] for r in mine]
+
+
+def test_a_bad_child_subquery_is_refused_even_when_no_parent_matches() -> None:
+    """Salesforce checks the whole query before running it: a subquery naming no field of
+    the child object is INVALID_FIELD whether or not any parent row is found."""
+    from connectors.salesforce.emulator import SalesforceApiError
+
+    org = make_org()
+    for where in ("Name = 'none'", "Name != null"):
+        if where == "Name != null":
+            org.insert("Opportunity", opportunity())
+        with pytest.raises(SalesforceApiError) as err:
+            org.query(f"SELECT Id, (SELECT Nope FROM Tasks) FROM Opportunity WHERE {where}")
+        assert err.value.code == "INVALID_FIELD"
+
+
+def test_field_and_relationship_lookups_ignore_case() -> None:
+    obj = make_org().schema["Opportunity"]
+    assert obj.field("stagename") is obj.field("StageName") is not None
+    assert obj.relationship("ACCOUNT") is obj.field("AccountId")
+    assert obj.field("nope") is None and obj.relationship("nope") is None
