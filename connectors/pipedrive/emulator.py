@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import heapq
 import json
 import queue
 import threading
@@ -129,6 +130,8 @@ class PipedriveEmulator(Emulator):
         self.persons: dict[int, Row] = {}
         self.deals: dict[int, Row] = {}
         self.activities: dict[int, Row] = {}
+        self._deal_activities: dict[int, list[int]] = {}
+        """Activity ids by deal (an activity's deal never changes)."""
         self.flow: dict[int, list[Row]] = {}
         self.webhooks: dict[int, Row] = {}
         self.deliveries: list[dict[str, Any]] = []
@@ -294,10 +297,13 @@ class PipedriveEmulator(Emulator):
             try:
                 with self.lock:
                     out = handler(request, user, payload)
+                    status, body = out if isinstance(out, tuple) else (200, out)
+                    # Rendered under the lock: views share the stored rows' nested values
+                    # (no copies), so they must not change while they are written out.
+                    content = _render(body)
             except ApiError as exc:
                 return _error(exc.status, exc.message)
-            status, body = out if isinstance(out, tuple) else (200, out)
-            return JSONResponse(body, status_code=status)
+            return Response(content, status_code=status, media_type="application/json")
 
         return Route(path, endpoint, methods=[method])
 
@@ -400,14 +406,14 @@ class PipedriveEmulator(Emulator):
     # ------------------------------------------------------------------ handlers: metadata
 
     def _h_pipelines(self, request: Request, user: int, _: Any) -> Row:
-        return self._paged(list(self.pipelines.values()), request.query_params, copy.deepcopy)
+        return self._paged(list(self.pipelines.values()), request.query_params, _same)
 
     def _h_stages(self, request: Request, user: int, _: Any) -> Row:
         rows = list(self.stages.values())
         if "pipeline_id" in request.query_params:
             want = _int(request.query_params["pipeline_id"], "pipeline_id")
             rows = [s for s in rows if s["pipeline_id"] == want]
-        return self._paged(rows, request.query_params, copy.deepcopy)
+        return self._paged(rows, request.query_params, _same)
 
     def _h_deal_fields(self, request: Request, user: int, _: Any) -> Row:
         rows = [{**f, "_order": i} for i, f in enumerate(self.deal_fields)]
@@ -433,14 +439,13 @@ class PipedriveEmulator(Emulator):
     # ------------------------------------------------------------------ handlers: contacts
 
     def _h_list_orgs(self, request: Request, user: int, _: Any) -> Row:
-        rows = [o for o in self.organizations.values() if not o["is_deleted"]]
-        rows = _by_ids(rows, request.query_params)
-        return self._paged(_time_window(rows, request.query_params), request.query_params, _copy)
+        rows = _live(self.organizations, request.query_params)
+        return self._paged(_time_window(rows, request.query_params), request.query_params, _same)
 
     def _h_add_org(self, request: Request, user: int, body: Row) -> Row:
         if not isinstance(body.get("name"), str) or not body["name"].strip():
             raise ApiError(400, "Validation failed: name: Required")
-        return {"success": True, "data": copy.deepcopy(self._create_org(body))}
+        return {"success": True, "data": self._create_org(body)}
 
     def _h_search_orgs(self, request: Request, user: int, _: Any) -> Row:
         q = request.query_params
@@ -470,40 +475,42 @@ class PipedriveEmulator(Emulator):
 
     def _h_list_persons(self, request: Request, user: int, _: Any) -> Row:
         q = request.query_params
-        rows = [p for p in self.persons.values() if not p["is_deleted"]]
-        rows = _by_ids(rows, q)
+        rows = _live(self.persons, q)
         if "org_id" in q:
             rows = [p for p in rows if p.get("org_id") == _int(q["org_id"], "org_id")]
         if "deal_id" in q:
             deal = self.deals.get(_int(q["deal_id"], "deal_id"))
             rows = [p for p in rows if deal is not None and p["id"] == deal.get("person_id")]
-        return self._paged(_time_window(rows, q), q, _copy)
+        return self._paged(_time_window(rows, q), q, _same)
 
     def _h_add_person(self, request: Request, user: int, body: Row) -> Row:
         if not isinstance(body.get("name"), str) or not body["name"].strip():
             raise ApiError(400, "Validation failed: name: Required")
-        return {"success": True, "data": copy.deepcopy(self._create_person(body))}
+        return {"success": True, "data": self._create_person(body)}
 
     # ------------------------------------------------------------------ handlers: activities
 
     def _h_list_activities(self, request: Request, user: int, _: Any) -> Row:
         q = request.query_params
-        rows = [a for a in self.activities.values() if not a["is_deleted"]]
-        rows = _by_ids(rows, q)
+        if "deal_id" in q and "ids" not in q:  # the deal's own, through the index
+            ids = self._deal_activities.get(_int(q["deal_id"], "deal_id"), ())
+            rows = [a for a in map(self.activities.__getitem__, ids) if not a["is_deleted"]]
+        else:
+            rows = _live(self.activities, q)
         for name in ("deal_id", "owner_id", "person_id", "org_id"):
             if name in q:
                 want = _int(q[name], name)
                 rows = [a for a in rows if a.get(name) == want]
         if "done" in q:
             rows = [a for a in rows if a["done"] == (q["done"] in ("true", "1"))]
-        return self._paged(_time_window(rows, q), q, _copy)
+        return self._paged(_time_window(rows, q), q, _same)
 
     def _h_add_activity(self, request: Request, user: int, body: Row) -> Row:
-        return {"success": True, "data": copy.deepcopy(self._create_activity(body, user))}
+        return {"success": True, "data": self._create_activity(body, user)}
 
     def _h_patch_activity(self, request: Request, user: int, body: Row) -> Row:
         activity = self._update_activity(request.path_params["id"], body, user)
-        return {"success": True, "data": copy.deepcopy(activity)}
+        return {"success": True, "data": activity}
 
     def _h_delete_activity(self, request: Request, user: int, _: Any) -> Row:
         activity_id = request.path_params["id"]
@@ -635,20 +642,22 @@ class PipedriveEmulator(Emulator):
             def key(r: Row) -> tuple[Any, ...]:
                 return (r.get(sort_by) or "", r["id"])
 
-        ordered = sorted(rows, key=key, reverse=desc)
+        # Each row's key once; past the cursor, only the page's rows are put in order.
+        keyed = [(key(r), i) for i, r in enumerate(rows)]
         if q.get("cursor"):
-            after = _decode_cursor(q["cursor"])
-            ordered = [
-                r
-                for r in ordered
-                if (_jsonable(key(r)) < after) == desc and _jsonable(key(r)) != after
-            ]
-        page = ordered[:limit]
-        more = len(ordered) > limit
-        next_cursor = _encode_cursor(_jsonable(key(page[-1]))) if more else None
+            after = tuple(_decode_cursor(q["cursor"]))
+            try:
+                keyed = [k for k in keyed if (k[0] < after if desc else k[0] > after)]
+            except TypeError:
+                raise ApiError(400, "Invalid cursor") from None
+        pick = heapq.nlargest if desc else heapq.nsmallest
+        page = pick(limit + 1, keyed)
+        more = len(page) > limit
+        page = page[:limit]
+        next_cursor = _encode_cursor(_jsonable(page[-1][0])) if more else None
         return {
             "success": True,
-            "data": [view(r) for r in page],
+            "data": [view(rows[i]) for _, i in page],
             "additional_data": {"next_cursor": next_cursor},
         }
 
@@ -716,7 +725,7 @@ class PipedriveEmulator(Emulator):
 
     def _update_deal(self, deal_id: int, body: Mapping[str, Any], user: int, *, source: str) -> Row:
         deal = self._live_deal(deal_id)
-        before = copy.deepcopy(deal)
+        before = {**deal, "custom_fields": dict(deal["custom_fields"])}  # _apply replaces
         changes = self._check_deal(deal, body)
         now_dt = self.clock()
         now = ts(now_dt)
@@ -950,6 +959,7 @@ class PipedriveEmulator(Emulator):
             activity["marked_as_done_time"] = now
         self.activities[activity["id"]] = activity
         if deal_id is not None:
+            self._deal_activities.setdefault(deal_id, []).append(activity["id"])
             self._activity_touched(activity, user, now_dt)
         return activity
 
@@ -1271,12 +1281,14 @@ def _standard_field(code: str, name: str, field_type: str) -> Row:
     }
 
 
+_OMITTED_WHEN_NULL = frozenset(("archive_time", "won_time", "lost_time", "expected_close_date"))
+
+
 def _deal_view(deal: Row) -> Row:
-    view = copy.deepcopy(deal)
-    for key in ("archive_time", "won_time", "lost_time", "expected_close_date"):
-        if view.get(key) is None:
-            view.pop(key, None)  # the spec declares them non-nullable: Pipedrive omits them
-    return view
+    """A deal as the API serves it (a new top-level dict; nested values are shared, and
+    responses are rendered under the lock)."""
+    # The spec declares these non-nullable: Pipedrive omits them when they have no value.
+    return {k: v for k, v in deal.items() if v is not None or k not in _OMITTED_WHEN_NULL}
 
 
 def _value_of(deal: Row, key: str) -> Any:
@@ -1285,11 +1297,16 @@ def _value_of(deal: Row, key: str) -> Any:
 
 
 def _strip_order(row: Row) -> Row:
-    return {k: copy.deepcopy(v) for k, v in row.items() if k != "_order"}
+    return {k: v for k, v in row.items() if k != "_order"}
 
 
-def _copy(row: Row) -> Row:
-    return copy.deepcopy(row)
+def _same(row: Row) -> Row:
+    return row
+
+
+def _render(body: Any) -> bytes:
+    """JSON as Starlette's JSONResponse writes it."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _rest(page: Row) -> Row:
@@ -1349,13 +1366,15 @@ def _time_window(rows: list[Row], q: Mapping[str, str]) -> list[Row]:
     return rows
 
 
-def _by_ids(rows: list[Row], q: Mapping[str, str]) -> list[Row]:
+def _live(table: Mapping[int, Row], q: Mapping[str, str]) -> list[Row]:
+    """The rows not deleted; only those of ``ids`` (looked up, not scanned) if it is given."""
     if "ids" not in q:
-        return rows
+        return [r for r in table.values() if not r["is_deleted"]]
     wanted = {_int(x, "ids") for x in q["ids"].split(",") if x}
     if len(wanted) > 100:
         raise ApiError(400, "ids: at most 100 ids")
-    return [r for r in rows if r["id"] in wanted]
+    found = (table.get(i) for i in wanted)
+    return [r for r in found if r is not None and not r["is_deleted"]]
 
 
 def _matches(text: str, term: str, exact: bool) -> bool:
@@ -1370,7 +1389,10 @@ def _field_type(emu: PipedriveEmulator, key: str) -> str:
 
 
 def _jsonable(key: tuple[Any, ...]) -> list[Any]:
-    return [k if isinstance(k, int | str) else str(k) for k in key]
+    return [k if isinstance(k, _PLAIN_KEYS) else str(k) for k in key]
+
+
+_PLAIN_KEYS = (int, str)  # a tuple: isinstance with ``int | str`` builds the union every call
 
 
 def _encode_cursor(key: list[Any]) -> str:
