@@ -155,6 +155,90 @@ def test_request_counts_of_full_and_incremental_pulls(
         assert pull_all(c, cursor)[0] == []
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"name": "Renamed deal"},
+        {"list": "Negotiation", "desc": "New scope"},
+        {"owner": {"username": "chen.jing"}, "labels": ["Partner"], "due": None},
+        {"members": ["wang.fang", "li.wei"], "dueComplete": True},
+    ],
+    ids=["name", "list+desc", "owner+labels", "members"],
+)
+def test_an_update_of_card_attributes_costs_a_read_and_the_put(
+    seeded: tuple[TrelloEmulator, SalesBoard], changes: dict[str, Any]
+) -> None:
+    """PUT /cards answers with the card and the nested data were read just before: no
+    read-back, and the record returned is the one the next read makes (version included)."""
+    emu, sales = seeded
+    ref = sales.cards[4]
+    with TrelloConnector("trello", config(emu, sales.board)) as c:
+        before = c.get(ref)
+        assert before is not None
+        c.discover()  # lists, labels, members, fields: what a sync has read by then
+        emu.controls.reset()
+        updated = c.update(ref, dict(changes), expected_version=before.version)
+        assert [(e.method, e.path) for e in emu.controls.log] == [
+            ("GET", f"/1/cards/{ref}"),
+            ("PUT", f"/1/cards/{ref}"),
+        ]
+        got = c.get(ref)
+        assert got is not None
+        assert updated.version == got.version != before.version
+        assert updated.fields == got.fields
+        assert updated.url == got.url and updated.stamp == got.stamp
+        assert updated.updated_at == got.updated_at
+        assert updated.updated_by is None, "the bridge's own actions are not read"
+
+
+def test_an_update_that_writes_more_than_the_card_reads_it_back(
+    seeded: tuple[TrelloEmulator, SalesBoard],
+) -> None:
+    """Custom fields (PUT customFields answers {}) and checklists are read back; an update
+    with nothing to write is the version read alone."""
+    emu, sales = seeded
+    ref = sales.cards[5]
+    with TrelloConnector("trello", config(emu, sales.board)) as c:
+        before = c.get(ref)
+        assert before is not None
+        emu.controls.reset()
+        updated = c.update(ref, {"name": "x", "Amount": 1234}, expected_version=before.version)
+        assert [e.method for e in emu.controls.log] == ["GET", "PUT", "PUT", "GET"]
+        assert updated.fields["Amount"] == 1234
+        emu.controls.reset()
+        same = c.update(ref, {}, expected_version=updated.version)
+        assert [e.method for e in emu.controls.log] == ["GET"]
+        assert same.version == updated.version
+
+
+def test_an_edit_between_the_version_read_and_the_put_is_pulled(
+    seeded: tuple[TrelloEmulator, SalesBoard],
+) -> None:
+    """A person's comment that lands between the guard's read and the PUT is not taken as
+    the bridge's own: the version returned is the card without it, so the next pull, which
+    sees the comment, finds a new version and reads the card as changed."""
+    emu, sales = seeded
+    ref = sales.cards[6]
+    with TrelloConnector("trello", config(emu, sales.board)) as c:
+        _, _, cursor = pull_all(c, Cursor())
+        before = c.get(ref)
+        assert before is not None
+        original = c.http.request
+
+        def request(method: str, path: str, **kw: Any) -> Any:
+            if method == "PUT":
+                emu.comment(ref, "Sneaked in", actor="chen.jing")
+            return original(method, path, **kw)
+
+        c.http.request = request  # type: ignore[method-assign]
+        updated = c.update(ref, {"name": "Bridge rename"}, expected_version=before.version)
+        c.http.request = original  # type: ignore[method-assign]
+        records, _, _ = pull_all(c, cursor)
+        (pulled,) = [r for r in records if r.ref == ref]
+        assert pulled.version != updated.version
+        assert [a["what"] for a in pulled.fields["comments"]][-1:] == ["Sneaked in"]
+
+
 def test_actions_are_paged_with_before(seeded: tuple[TrelloEmulator, SalesBoard]) -> None:
     emu, sales = seeded
     with TrelloConnector("trello", config(emu, sales.board)) as c:

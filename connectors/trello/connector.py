@@ -51,7 +51,9 @@ with nested data: ``3 + ceil((A + 1) / 1000)`` requests for A actions.
 card first (one request) and refuses with StaleVersion if it changed. Card attributes go in one
 ``PUT /cards/{id}``, custom fields in one ``PUT /cards/{id}/customFields``, tasks as checklist
 edits, deliverables as check item edits, actions as new comments; the card is then read
-back. **Stamps** are a marker line ``[salesbridge:<id>]`` at the end
+back, except when the card's attributes were all that changed: the PUT answers with the card
+and the rest was read just before, so such an update costs two requests (version read, PUT).
+**Stamps** are a marker line ``[salesbridge:<id>]`` at the end
 of the description: it needs no set-up on the board (a custom field needs one defined on every
 board), people see it, and ``find_by_stamp`` finds it with one ``GET /boards/{id}/cards`` per
 board (Trello's search index lags behind writes, which is exactly when an interrupted create is
@@ -152,6 +154,8 @@ _SCHEMA_ACTIONS = frozenset({"updateCustomField", "deleteCustomField", "createCu
 _CARD_ATTRS = {"name", "desc", "list", "due", "start", "dueComplete", "labels", "owner", "members"}
 _LISTS = ("tasks", "deliverables", "comments")
 """Fields written as checklist and comment edits once the card exists."""
+_NESTED = frozenset({"actions", "checklists", "customFieldItems", "list", "members"})
+"""What GET /cards/{id} nests on request and PUT /cards/{id} does not answer with."""
 
 
 class TrelloConfig(ConnectorConfig):
@@ -333,11 +337,17 @@ class TrelloConnector(Connector[TrelloConfig]):
         params.update(self._card_params(board, ref, changes, card.get("idMembers") or []))
         lists = {k: changes.pop(k) or [] for k in _LISTS if k in changes}
         custom = self._custom_items(board, ref, changes)
+        answer: Any = None
         if params:
-            self.http.request("PUT", f"cards/{ref}", params=params)
+            answer = self.http.decode_json(self.http.request("PUT", f"cards/{ref}", params=params))
         if custom:
             self._put_custom(ref, custom)
         self._write_lists(card, lists, current.fields)
+        if not custom and not lists:
+            if not params:
+                return current  # nothing to write
+            if isinstance(answer, dict) and answer.get("id") == ref:
+                return self._after_put(card, answer)
         return self._written(ref)
 
     def archive(self, ref: str) -> None:
@@ -469,6 +479,32 @@ class TrelloConnector(Connector[TrelloConfig]):
     def _read(self, ref: str) -> RemoteRecord | None:
         card = self._raw(ref) if _ID.match(ref) else None
         return None if card is None else self._record(card, card.get("actions", [])[::-1])
+
+    def _after_put(self, before: Json, answer: Json) -> RemoteRecord:
+        """The card after a ``PUT /cards/{id}`` that was the update's only write.
+
+        Trello answers the PUT with the card's attributes; what it leaves out (custom field
+        items, checklists, comments, members' names) was read just before the write and the
+        PUT changed none of it, so the record is known without reading the card back. Its
+        version is the one the next pull computes, unless someone else changed the card in
+        between: then the versions differ and that pull reads the card as changed, which it
+        is (a read-back would have taken their change as the bridge's own). ``history`` is the
+        card's history before the write and ``updated_by`` is None: the bridge's own actions
+        are not read (the engine keeps only the version and URL of what an update returns).
+        """
+        card = {**before, **{k: v for k, v in answer.items() if k not in _NESTED}}
+        board = card["idBoard"]
+        if card.get("idList") != before.get("idList"):
+            lists = self._lists(board, "open")  # the list was just chosen from these
+            name = lists.get(card["idList"]) or self._lists(board, "all").get(card["idList"])
+            card["list"] = {"id": card["idList"], "name": name}
+        ids = card.get("idMembers") or []
+        if ids != (before.get("idMembers") or []):
+            known = {m["id"]: m for m in before.get("members") or []}
+            if any(m not in known for m in ids):
+                known.update(self._members(board))  # cached: the write resolved them there
+            card["members"] = [known[m] for m in ids if m in known]
+        return replace(self._record(card, before.get("actions", [])[::-1]), updated_by=None)
 
     def _written(self, ref: str) -> RemoteRecord:
         record = self.get(ref)
