@@ -4,6 +4,7 @@ request counts, JQL time windows, transitions, ADF, errors, config."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -181,6 +182,43 @@ def test_an_incremental_pull_without_changes_costs_one_request(em: JiraEmulator)
     assert connector.counter.snapshot().total == 1
     assert again == cursor
     assert {r.version for r in records} <= {r.version for r in pull_all(connector)[0]}
+
+
+@pytest.mark.parametrize("mode", ["cloud", "dc"])
+def test_the_cursors_minute_is_re_read_so_a_same_minute_edit_is_not_missed(mode: str) -> None:
+    """JQL compares ``updated`` to the minute, so every pull re-reads the issues updated in
+    the cursor's minute (and the overlap before it): more of them than a page costs a second
+    search even when nothing changed. That is the price of not missing an issue edited later
+    in that same minute, after the pull: only reading it shows its new ``updated``."""
+    at = datetime(2026, 3, 2, 9, 0, 10, tzinfo=UTC)
+    clock = {"now": at}
+    em = JiraEmulator(mode, clock=lambda: clock["now"])  # type: ignore[arg-type]
+    em.add_user(ALICE)
+    add_sales_project(em)
+    with em:
+        keys = []
+        for i in range(6):  # all updated in the minute 09:00
+            clock["now"] = at + timedelta(seconds=i)
+            keys += add(em, 1)
+        connector = make_connector(em, page_size=4, overlap_seconds=0)
+        records, cursor, _ = pull_all(connector)
+        first = {r.ref: r.version for r in records}
+        assert set(first) == set(keys)
+        connector.counter.snapshot(reset=True)
+        again, cursor, _ = pull_all(connector, cursor)
+        assert connector.counter.snapshot().total == 2, "6 issues of the minute, 4 a page"
+        assert {r.ref: r.version for r in again} == first, "re-read, all at known versions"
+
+        clock["now"] = at + timedelta(seconds=40)  # later in the same minute
+        em.edit_issue(keys[2], {"summary": "edited at 09:00:50"})
+        changed, cursor, _ = pull_all(connector, cursor)
+        new = {r.ref: r.version for r in changed if r.version != first[r.ref]}
+        assert list(new) == [keys[2]], "the same-minute edit is pulled"
+        assert _jira_time_of(new[keys[2]]) == at + timedelta(seconds=40)
+
+
+def _jira_time_of(version: str) -> datetime:
+    return datetime.fromisoformat(version)
 
 
 def test_auto_detection_costs_one_server_info(em: JiraEmulator) -> None:
@@ -535,12 +573,57 @@ def test_what_writes_cost(em: JiraEmulator) -> None:
     connector.counter.snapshot(reset=True)
     created = connector.create({"summary": "x"}, stamp=new_stamp())
     assert connector.counter.snapshot(reset=True).total == 2, "POST, then GET the result"
+    # Cloud answers the PUT with the issue (returnIssue): no read-back. Data Center: 204.
+    cloud = em.mode == "cloud"
     connector.update(created.ref, {"summary": "y"}, expected_version=created.version)
-    assert connector.counter.snapshot(reset=True).total == 3, "GET (version), PUT, GET"
+    want = 2 if cloud else 3
+    assert connector.counter.snapshot(reset=True).total == want, "GET (version), PUT (, GET)"
     connector.update(created.ref, {"summary": "z"}, expected_version=None)
-    assert connector.counter.snapshot(reset=True).total == 2, "PUT, GET"
+    assert connector.counter.snapshot(reset=True).total == want - 1, "PUT (, GET)"
     connector.find_by_stamp(new_stamp())
     assert connector.counter.snapshot(reset=True).total == 1
+
+
+@pytest.mark.parametrize("changelog", [True, False])
+def test_an_edit_answered_with_the_issue_is_the_record_a_read_makes(
+    cloud: JiraEmulator, changelog: bool
+) -> None:
+    """The record an update returns from the PUT's answer (Cloud, returnIssue) is the one a
+    get() reads: same fields (only those pulls ask for), version and history."""
+    connector = make_connector(cloud, changelog=changelog)
+    (key,) = add(cloud, 1)
+    before = connector.get(key)
+    assert before is not None
+    time.sleep(0.002)
+    updated = connector.update(
+        key, {"summary": "renamed", "labels": ["vip"]}, expected_version=before.version
+    )
+    got = connector.get(key)
+    assert got is not None
+    assert updated.version == got.version != before.version
+    assert updated.fields == got.fields
+    assert updated.history == got.history
+    assert bool(updated.history) is changelog
+    assert updated.fields["summary"] == "renamed"
+    puts = [e for e in cloud.controls.log if e.method == "PUT"]
+    assert [dict(e.params).get("returnIssue") for e in puts] == ["true"]
+
+
+def test_an_update_that_transitions_or_writes_sub_tasks_reads_the_issue_back(
+    cloud: JiraEmulator,
+) -> None:
+    """A transition after the PUT changes the issue again: the PUT's answer is not the
+    issue's state, so it is not asked for and the issue is read back."""
+    connector = make_connector(cloud)
+    (key,) = add(cloud, 1)
+    cloud.controls.reset()
+    record = connector.update(
+        key, {"summary": "moved", "status": "Qualification"}, expected_version=None
+    )
+    assert record.fields["status"] == "Qualification"
+    puts = [e for e in cloud.controls.log if e.method == "PUT"]
+    assert puts and all("returnIssue" not in dict(e.params) for e in puts)
+    assert cloud.controls.log[-1].method == "GET", "read back after the transition"
 
 
 def test_a_bad_jql_is_refused_with_jiras_message(em: JiraEmulator) -> None:

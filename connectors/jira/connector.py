@@ -21,7 +21,11 @@ cursor (the ``updated`` of the last record read, never past the signpost) is mov
 (ref, version). Cloud pages with ``/rest/api/3/search/jql`` and ``nextPageToken``, Data Center
 with ``/rest/api/2/search`` and ``startAt``. Fixed cost: ``/myself`` and ``/field`` once per
 connector instance (plus ``/serverInfo`` when the deployment is auto-detected); then a full pull
-of N issues costs ceil(N / page_size) searches and an incremental pull without changes one.
+of N issues costs ceil(N / page_size) searches and an incremental pull without changes one, as
+long as fewer than a page of issues were updated in the re-read window (the overlap and the
+cursor's minute). More cost ceil(W / page_size) for W of them, and that is not avoidable: an
+issue edited again later in the cursor's minute, after the pull, matches the same JQL as the
+ones already read, and only reading it shows its new ``updated`` (JQL has no finer time).
 
 Offset paging can skip a record when another one, read earlier in the same pull, is edited and
 moves to the end of the ordering. Such a record shows up twice in one pull; the connector then
@@ -32,8 +36,13 @@ periodic full census catches what that hides.)
 **Writing.** Jira has no optimistic lock, so ``update(expected_version=...)`` first reads the
 issue's ``updated`` (one GET per update) and raises StaleVersion if it moved. Field changes are
 sent with one ``PUT /issue``; a ``status`` change runs the workflow transitions that lead there
-(see :meth:`JiraConnector._move`). Creates are stamped with the canonical id in a custom field
-(``stamp_field``) that :meth:`~JiraConnector.find_by_stamp` searches.
+(see :meth:`JiraConnector._move`). The record an update returns is read back (one GET), except
+on Cloud when the PUT is the update's last write: it asks ``returnIssue=true`` (changelog
+expanded) and Jira answers with the issue as the edit left it, so a field edit costs two
+requests (version GET, PUT). Data Center has no ``returnIssue`` (204): three. The version GET
+cannot be skipped for a version known from an earlier pull: the guard is only as good as the
+time between its read and the write. Creates are stamped with the canonical id in a custom
+field (``stamp_field``) that :meth:`~JiraConnector.find_by_stamp` searches.
 """
 
 from __future__ import annotations
@@ -635,7 +644,8 @@ class JiraConnector(Connector[JiraConfig]):
 
         With ``expected_version`` the issue is read first (one GET): Jira has no conditional
         update, so a change between that read and the write goes unnoticed for that short
-        window. A deleted issue is StaleVersion with ``actual=None``.
+        window. A deleted issue is StaleVersion with ``actual=None``. The record returned is
+        the PUT's answer on Cloud when nothing is written after it, else read back.
         """
         meta = self._meta()
         changes = dict(changes)
@@ -659,8 +669,15 @@ class JiraConnector(Connector[JiraConfig]):
             for t in available:
                 on_screens |= set(t.screen) & set(changes)
         edit = {k: v for k, v in changes.items() if k not in on_screens}
+        # When the edit is the last write (no transition, no sub-tasks), Cloud answers it with
+        # the issue as it now is (returnIssue): no read-back. Data Center answers 204.
+        last = target is None and subtasks is None
         if edit:
-            self._edit(ref, self._payload(edit, meta, ref), expected_version)
+            answer = self._edit(
+                ref, self._payload(edit, meta, ref), expected_version, return_issue=last
+            )
+            if last and answer is not None:
+                return self._record(self._as_searched(answer, meta), meta)
         if target is not None and current is not None:
             screen_changes = {k: changes[k] for k in on_screens}
             used = self._move(ref, current, str(target), screen_changes, meta, available)
@@ -817,10 +834,39 @@ class JiraConnector(Connector[JiraConfig]):
             raise FatalError(f"{self.name}: {ref} vanished right after it was written")
         return self._record(raw, meta)
 
-    def _edit(self, ref: str, payload: Raw, expected: str | None) -> None:
+    def _as_searched(self, raw: Raw, meta: _Meta) -> Raw:
+        """An issue Jira answered with every field (``returnIssue``) narrowed to the fields a
+        pull asks for, so the record is the one a pull or :meth:`get` makes of it."""
+        wanted = set(self._search_fields(meta))
+        fields = raw.get("fields")
+        if "*all" in wanted or not isinstance(fields, dict):
+            return raw
+        navigable = "*navigable" in wanted
+
+        def kept(fid: str) -> bool:
+            return fid in wanted or (
+                navigable and meta.fields.get(fid, {}).get("navigable") is True
+            )
+
+        return {**raw, "fields": {k: v for k, v in fields.items() if kept(k)}}
+
+    def _edit(
+        self, ref: str, payload: Raw, expected: str | None, *, return_issue: bool = False
+    ) -> Raw | None:
+        """PUT the fields; with ``return_issue`` on Cloud, the issue Jira answers with (the
+        edit's own state, changelog expanded as pulls read it), else None."""
         http = self._http_client()
+        params: dict[str, str] | None = None
+        if return_issue and self._meta().cloud:
+            params = {"returnIssue": "true"}
+            if self.config.changelog:
+                params["expand"] = "changelog"
         response = http.request(
-            "PUT", f"{self.api}/issue/{ref}", json={"fields": payload}, expect=_ANSWERS
+            "PUT",
+            f"{self.api}/issue/{ref}",
+            params=params,
+            json={"fields": payload},
+            expect=_ANSWERS,
         )
         if response.status_code == 404:
             raise StaleVersion(ref, expected, None, connector=self.name)
@@ -832,6 +878,13 @@ class JiraConnector(Connector[JiraConfig]):
                 connector=self.name,
                 status=response.status_code,
             )
+        if params is None or response.status_code != 200:
+            return None
+        answer = _json_or_none(response)
+        fields = answer.get("fields") if isinstance(answer, dict) else None
+        if not isinstance(fields, dict) or _parse_time(fields.get("updated")) is None:
+            return None  # not the issue (a Jira without returnIssue): read it back
+        return answer  # type: ignore[no-any-return]
 
     def _refused(self, exc: JIRAError, what: str) -> FatalError:
         status = exc.status_code

@@ -1761,8 +1761,11 @@ class JiraEmulator(Emulator):
         if not isinstance(body, dict):
             raise JiraError(400, ["Can not deserialize the request body."])
         self._edit(issue, dict(body.get("fields") or {}), dict(body.get("update") or {}), user, api)
-        if request.query_params.get("returnIssue") == "true":
-            return self._render_issue(issue, api, user, ["*all"], set())
+        # Cloud only: "returnIssue" answers 200 with the issue in GET issue's form (every
+        # field, ``expand`` as GET issue takes it). Data Center has no such parameter: 204.
+        if self.mode == "cloud" and request.query_params.get("returnIssue") == "true":
+            expand = set(_as_list(request.query_params.get("expand")))
+            return self._render_issue(issue, api, user, ["*all"], expand)
         return None
 
     def _changelog(self, request: Request, api: str, user: JiraUser) -> Json:
