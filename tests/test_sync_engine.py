@@ -147,6 +147,12 @@ class Bridge:
                     assert bases.get(path) == hub, (name, ref, path, bases.get(path), hub)
 
 
+@pytest.fixture(autouse=True)
+def check_stored_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every project the engine builds without pydantic is compared with pydantic's form."""
+    monkeypatch.setattr("bridge.sync.engine.CHECK_STORED_FORM", True)
+
+
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store.db'}"
@@ -684,3 +690,34 @@ def test_an_idle_cycle_costs_the_same_statements_for_10_or_120_projects(db_url: 
             bridge.close()
     assert counts[0] == counts[1], counts
     assert counts[1] < 40, counts
+
+
+# --------------------------------------------------------------------------- stored form
+
+
+def test_projects_built_without_pydantic_equal_pydantic_form(db_url: str) -> None:
+    """The demo's varied projects (people, money, lists, custom fields, nested customer),
+    created and then merged: each stored project equals what pydantic makes of it (the
+    autouse fixture compares every project as it is built, too)."""
+    from bridge.demo_data import DemoOptions, generate
+    from bridge.model import SalesProject
+
+    bridge = Bridge(db_url, names=("crm",), page_size=40)
+    try:
+        spec = bridge.specs["crm"]
+        refs = []
+        for p in generate(DemoOptions(count=60, now=START)):
+            data = p.to_json()
+            values = {path: get_path(data, path) for path in spec.pushed_paths}
+            remote = spec.to_remote({k: v for k, v in values.items() if v is not None})
+            refs.append(bridge.backends["crm"].add(remote, actor="li.wei"))
+        assert bridge.sync().connectors["crm"].counts["created"] == 60
+        for i, ref in enumerate(refs):
+            bridge.backends["crm"].edit(
+                ref, {"Probability": i, "Notes": f"call {i}", "Customer": f"C{i}", "Region": "EU"}
+            )
+        assert bridge.sync().connectors["crm"].counts["updated"] == 60
+        for project in bridge.store.list_projects():
+            assert project == SalesProject.model_validate(project).to_json()
+    finally:
+        bridge.close()

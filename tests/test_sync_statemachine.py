@@ -217,5 +217,11 @@ class SyncMachine(RuleBasedStateMachine):
                     assert recorded or seen, (pid, path, t, value, final)
 
 
+@pytest.fixture(autouse=True)
+def check_stored_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every project the engine builds without pydantic is compared with pydantic's form."""
+    monkeypatch.setattr("bridge.sync.engine.CHECK_STORED_FORM", True)
+
+
 SyncMachine.TestCase.settings = settings.get_profile("ci")
 TestSyncMachine = SyncMachine.TestCase

@@ -18,7 +18,6 @@ The engine knows no tool: connectors and mapping specs are handed to it.
 
 from __future__ import annotations
 
-import copy
 import logging
 import queue
 import threading
@@ -41,7 +40,7 @@ from bridge.errors import (
     StaleVersion,
 )
 from bridge.mapping import MappingSpec
-from bridge.model import SalesProject, get_path, new_project_id, set_path
+from bridge.model import SalesProject, get_path, new_project_id, path_adapter, set_path
 from bridge.store import Store
 from bridge.store.store import Event, NewLink, StoredLink
 from bridge.sync.merge import NO_BASE, Decision, Policy, merge_field
@@ -408,11 +407,11 @@ class _RunContext:
         self.page = self._read_page(name, page)
         try:
             self._plan_page(name, page, spec, steps, seen, vanished)
-            links = self.page.links
+            reads = self.page
         finally:
             self.page = None
         self.report.plan.extend(steps)
-        self._execute_pull_steps(name, steps, page, hold=bool(vanished), links=links)
+        self._execute_pull_steps(name, steps, page, hold=bool(vanished), reads=reads)
 
     def _plan_page(
         self,
@@ -482,7 +481,10 @@ class _RunContext:
             hub, bases, action = hub_or_none, self.bases(pid, name), "update_project"
         pending = self.pending_fields(pid, name)
         pushed = self.e.mappings[name].pushed_paths
-        new = copy.deepcopy(hub)
+        # Copy on write: only the dicts on the path of a changed field are copied, never the
+        # whole project (a deep copy cost more than the merge itself).
+        new = dict(hub)
+        copied: set[str] = set()
         changes: list[Change] = []
         conflicts: list[Decision] = []
         agreed: dict[str, Any] = {}
@@ -507,7 +509,7 @@ class _RunContext:
             if d.outcome == "conflict":
                 conflicts.append(d)
             if d.value != current:
-                set_path(new, path, d.value)
+                _set_path_cow(new, path, d.value, copied)
                 why = f"changed in {name}" if d.outcome == "take_remote" else f"conflict: {d.how}"
                 changes.append(Change(path, current, d.value, why))
             if d.value == remote or path not in pushed:
@@ -522,7 +524,7 @@ class _RunContext:
             self._touch(new, changes, rec, when, history)
             try:
                 # The stored JSON form: merges compare it with what tools read back.
-                new = SalesProject.model_validate(new).to_json()
+                new = _stored_form(new, [c.path for c in changes], hub)
             except ValidationError as exc:
                 reason = f"mapped values are invalid: {_brief(exc)}"
                 return self._quarantine_step(
@@ -560,7 +562,7 @@ class _RunContext:
         history = self._history(name, data["id"], rec, None)
         self._touch(data, changes, rec, when, history)
         try:
-            project = SalesProject.model_validate(data).to_json()
+            project = _stored_form(data, values, None)
         except ValidationError as exc:
             return self._quarantine_step(
                 name,
@@ -664,7 +666,7 @@ class _RunContext:
         page: Page,
         *,
         hold: bool = False,
-        links: Mapping[str, StoredLink | None] | None = None,
+        reads: _PageReads | None = None,
     ) -> None:
         if hold and page.cursor is not None:
             self.held_cursor[name] = page.cursor
@@ -674,8 +676,8 @@ class _RunContext:
             return
         rid = self.run_ids.get(name)
         with self.store.transaction():
-            if links is not None and self._batchable(steps):
-                self._store_steps(name, steps, rid, links)
+            if reads is not None and self._batchable(steps):
+                self._store_steps(name, steps, rid, reads)
             else:
                 for s in steps:
                     self._store_step(name, s, rid)
@@ -692,15 +694,17 @@ class _RunContext:
         )
 
     def _store_steps(
-        self, name: str, steps: list[Step], rid: int | None, links: Mapping[str, StoredLink | None]
+        self, name: str, steps: list[Step], rid: int | None, reads: _PageReads
     ) -> None:
         """What :meth:`_store_step` writes for each step, in one batch per kind of write.
 
         Inside the page's transaction the outcome is the same as step by step: projects,
         then events (in step order), links, version updates, bases (merged in step order),
-        conflicts and resolved quarantine entries.
+        conflicts and resolved quarantine entries. Bases the page read are merged here and
+        written whole; only the others are read again to merge them.
         """
         st = self.store
+        links = reads.links
         projects: list[dict[str, Any]] = []
         events: list[Event] = []
         new_links: list[NewLink] = []
@@ -734,7 +738,9 @@ class _RunContext:
             else:  # the URL changed: written on its own
                 st.update_link_version(name, ref, version, url)
         st.update_link_versions(name, versions)
-        st.set_bases_many(name, bases)
+        whole = {pid: {**reads.bases[pid], **b} for pid, b in bases.items() if pid in reads.bases}
+        st.set_bases_many(name, whole, replace=True)
+        st.set_bases_many(name, {pid: b for pid, b in bases.items() if pid not in whole})
         for s in steps:
             for d in s.conflicts:
                 assert s.project_id is not None
@@ -1165,6 +1171,113 @@ class _RunContext:
             ref = s.ref or s.project_id
             with self.e._lock:
                 self.store.quarantine(name, ref, f"push rejected: {exc}", s.remote_fields)
+
+
+_FIELDS = SalesProject.model_fields
+_FIELD_SET = frozenset(_FIELDS)
+_REQUIRED = frozenset(n for n, f in _FIELDS.items() if f.is_required())
+_NULLABLE = frozenset(n for n, f in _FIELDS.items() if f.default is None and not f.is_required())
+_ENGINE_TIMES = ("created_at", "updated_at", "last_meaningful_update_at", "stage_entered_at")
+_DEFAULTS: dict[str, Any] = {
+    k: v for k, v in SalesProject(id="-", name="-").to_json().items() if k not in _REQUIRED
+}
+_EMPTY_LISTS = tuple(k for k, v in _DEFAULTS.items() if v == [])
+_EMPTY_DICTS = tuple(k for k, v in _DEFAULTS.items() if v == {})
+assert all(v in ([], {}) or not isinstance(v, list | dict) for v in _DEFAULTS.values())
+CHECK_STORED_FORM = False
+"""Tests set this: every project built without pydantic is compared with pydantic's form."""
+
+
+def _stored_form(
+    data: dict[str, Any], paths: Iterable[str], hub: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``SalesProject.model_validate(data).to_json()``, skipping pydantic where it can.
+
+    ``data`` is a new project (``hub`` None) or ``hub`` with the values at ``paths``
+    replaced; the engine's own bookkeeping fields are ISO datetimes and a name. Values a
+    mapping produced are already in their path's JSON form (``to_json_value``) and a stored
+    hub is already in the model's, so only the top-level objects that a dotted path wrote
+    into are validated (they may lack defaults), the engine's datetimes are written as
+    pydantic writes them, and empty values where the model forbids them are left to pydantic.
+    Anything unexpected goes through the whole model, which raises ValidationError.
+    """
+    fast = _fast_form(data, paths, hub)
+    if fast is None or CHECK_STORED_FORM:
+        slow = SalesProject.model_validate(data).to_json()
+        if fast is not None:
+            assert fast == slow, (fast, slow)
+        return slow
+    return fast
+
+
+def _fast_form(
+    data: dict[str, Any], paths: Iterable[str], hub: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    if hub is None:
+        if not data.keys() >= _REQUIRED or not data.keys() <= _FIELD_SET:
+            return None
+        out = dict(_DEFAULTS)
+        for key in _EMPTY_LISTS:
+            out[key] = []
+        for key in _EMPTY_DICTS:
+            out[key] = {}
+        out.update(data)
+    elif hub.keys() == _FIELD_SET and data.keys() == _FIELD_SET:
+        out = data
+    else:
+        return None
+    nested: set[str] = set()
+    for path in paths:
+        top, dot, _ = path.partition(".")
+        if dot:
+            nested.add(top)
+        elif out[top] is None and top not in _NULLABLE:
+            return None
+    for top in nested:
+        adapter = path_adapter(top)
+        try:
+            out[top] = adapter.dump_python(adapter.validate_python(out[top]), mode="json")
+        except ValidationError:
+            return None
+    for key in _ENGINE_TIMES:
+        value = out[key]
+        if isinstance(value, str):
+            when = datetime.fromisoformat(value)
+            if when.tzinfo is None:
+                return None
+            out[key] = when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        elif value is not None:
+            return None
+    by = out["last_meaningful_update_by"]
+    if not (by is None or isinstance(by, str)) or not isinstance(out["name"], str):
+        return None
+    return out
+
+
+def _set_path_cow(data: dict[str, Any], path: str, value: Any, copied: set[str]) -> None:
+    """:func:`set_path` on a shallow copy of a project: every dict on the way to ``path`` is
+    copied the first time it is written through (``copied`` remembers which), so the
+    original project is never modified."""
+    if "." not in path:
+        data[path] = value
+        return
+    parts = path.split(".")
+    cur = data
+    prefix = ""
+    for part in parts[:-1]:
+        prefix = f"{prefix}.{part}" if prefix else part
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+        elif prefix not in copied:
+            nxt = dict(nxt)
+        else:
+            cur = nxt
+            continue
+        copied.add(prefix)
+        cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
 
 
 def _parse_time(v: Any) -> datetime | None:
