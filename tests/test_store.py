@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from bridge.model import Money, Person, SalesProject
+from bridge.model import Money, Person, SalesProject, get_path
 from bridge.secrets import register_secret
 from bridge.store import (
     Event,
@@ -868,3 +868,81 @@ def test_store_is_usable_from_threads(store: Store) -> None:
     assert (
         sum(len(v) for v in store.events_for_projects([f"sb-{i}" for i in range(8)]).values()) == 40
     )
+
+
+# --------------------------------------------------------------------------- push planning reads
+
+
+def test_linked_projects_in_chunks_with_bases_and_picked_values(store: Store) -> None:
+    """Push planning's reads: live links of a tool with their projects and bases, a chunk at
+    a time; with ``paths`` the database picks those values out of each project's JSON."""
+    for i in range(7):
+        p = project(
+            id=f"p{i}",
+            name=f'Deal "{i}" ü',
+            probability=None if i == 0 else i * 10,
+            custom={"flag": i % 2 == 0, "tags": ["a", "b"], "ratio": 0.1 + 0.2},
+        )
+        store.put_project(p)
+        store.link(f"p{i}", "crm", f"r{i}", version=str(i))
+    store.set_bases("p1", "crm", {"name": "old", "custom.flag": False})
+    store.set_bases("p1", "board", {"name": "elsewhere"})
+    store.unlink("crm", "r2")
+    store.tombstone_project("p3")
+    store.link("p0", "board", "b0")
+
+    chunks = list(store.linked_projects("crm", chunk=2))
+    assert [len(c) for c in chunks] == [2, 2, 2]  # r2 is unlinked
+    items = {i.link.ref: i for c in chunks for i in c}
+    assert sorted(items) == ["r0", "r1", "r3", "r4", "r5", "r6"]
+    assert items["r1"].bases == {"name": "old", "custom.flag": False}
+    assert items["r0"].bases == {} and items["r3"].project is None  # tombstoned
+    assert items["r4"].project == store.get_project("p4")
+
+    paths = [
+        "name",
+        "probability",
+        "owner.email",
+        "customer.name",
+        "amount",
+        "custom.flag",
+        "custom.tags",
+        "custom.ratio",
+        "custom.missing",
+        "stakeholders",
+    ]
+    picked = {i.link.ref: i for c in store.linked_projects("crm", paths=paths) for i in c}
+    assert picked.keys() == items.keys()
+    for ref, item in picked.items():
+        assert item.project is None and item.bases == items[ref].bases
+        full = items[ref].project
+        if full is None:
+            assert item.values is None
+            continue
+        assert item.values == {p: get_path(full, p) for p in paths}, ref
+        assert type(item.values["custom.flag"]) is bool
+    one = {i.link.ref: i.values for c in store.linked_projects("crm", paths=["name"]) for i in c}
+    assert one["r5"] == {"name": 'Deal "5" ü'}
+
+
+def test_pending_conflict_fields_and_link_queries(store: Store) -> None:
+    for pid in ("a", "b", "c"):
+        store.put_project(project(id=pid))
+    store.link("a", "crm", "ra")
+    store.link("b", "crm", "rb")
+    store.unlink("crm", "rb")
+    store.add_conflict("a", "crm", "name", hub="x", remote="y", base=None)
+    store.add_conflict("a", "crm", "stage", hub="x", remote="y", base=None)
+    done = store.add_conflict("b", "crm", "name", hub="x", remote="y", base=None)
+    store.resolve_conflict(done, "hub", "x")
+    store.add_conflict("c", "board", "name", hub="x", remote="y", base=None)
+    assert store.pending_conflict_fields("crm") == {"a": {"name", "stage"}}
+    assert store.pending_conflict_fields("crm", ["b", "c"]) == {}
+    assert store.pending_conflict_fields("board", ["a", "c"]) == {"c": {"name"}}
+
+    assert store.linked_project_ids("crm", ["a", "b", "c"]) == {"a", "b"}
+    assert store.linked_project_ids("crm", ["a", "b", "c"], include_unlinked=False) == {"a"}
+    assert [p["id"] for p in store.projects_without_link("crm", page_size=1)] == ["c"]
+    store.tombstone_project("c")
+    assert list(store.projects_without_link("crm")) == []
+    assert [p["id"] for p in store.projects_without_link("board")] == ["a", "b"]

@@ -137,6 +137,9 @@ class LinkedProject:
     link: StoredLink
     project: dict[str, Any] | None
     bases: dict[str, Any]
+    values: dict[str, Any] | None = None
+    """With ``paths``: ``{path: value}`` read from the project (None if tombstoned), and
+    ``project`` is None: the project's JSON is not read whole."""
 
 
 class NewLink(NamedTuple):
@@ -1059,18 +1062,23 @@ class Store:
             return int(conn.execute(q).scalar_one())
 
     def linked_projects(
-        self, connector: str, *, chunk: int = _CHUNK
+        self, connector: str, *, paths: Sequence[str] | None = None, chunk: int = _CHUNK
     ) -> Iterator[list[LinkedProject]]:
         """Live links of ``connector`` with their projects and bases, in link id order.
 
         One query per ``chunk`` links (keyset pagination), so memory stays flat whatever the
         number of links; outside a transaction each chunk is read in a short one of its own.
+        With ``paths`` (dotted field paths) only those values of each project are read, by
+        the database, into ``values`` (a missing path reads as None, as :func:`get_path`
+        does), instead of the whole project's JSON.
         """
         lk, p, b = t.links, t.projects, t.bases
+        wanted = list(paths) if paths is not None else None
+        data = p.c.data if wanted is None else self._json_values(p.c.data, wanted)
         q = (
             sa.select(
                 lk,
-                p.c.data.label("p_data"),
+                data.label("p_data"),
                 p.c.tombstoned_at.label("p_tombstoned_at"),
                 b.c.fields.label("b_fields"),
             )
@@ -1090,17 +1098,57 @@ class Store:
                 rows = conn.execute(page_q).all()
             if not rows:
                 return
-            yield [
-                LinkedProject(
-                    link=_link(r),
-                    project=r.p_data if r.p_tombstoned_at is None else None,
-                    bases=dict(r.b_fields) if r.b_fields else {},
-                )
-                for r in rows
-            ]
+            if wanted is None:
+                yield [
+                    LinkedProject(
+                        link=_link(r),
+                        project=r.p_data if r.p_tombstoned_at is None else None,
+                        bases=dict(r.b_fields) if r.b_fields else {},
+                    )
+                    for r in rows
+                ]
+            else:
+                yield [
+                    LinkedProject(
+                        link=_link(r),
+                        project=None,
+                        values=self._decode_values(wanted, r.p_data)
+                        if r.p_tombstoned_at is None and r.p_data is not None
+                        else None,
+                        bases=dict(r.b_fields) if r.b_fields else {},
+                    )
+                    for r in rows
+                ]
             if len(rows) < chunk:
                 return
             last = rows[-1].id
+
+    def _json_values(
+        self, column: sa.ColumnElement[Any], paths: list[str]
+    ) -> sa.ColumnElement[Any]:
+        """The values at ``paths`` of a JSON column as one JSON array, picked by the database
+        (SQLite parses the document once for all paths)."""
+        if self._dialect == "sqlite":
+            if any('"' in path for path in paths):
+                raise ValueError(f"a field path with a double quote: {paths}")
+            picks = ["$" + "".join(f'."{part}"' for part in path.split(".")) for path in paths]
+            # Of one path json_extract returns the SQL value itself (a string unquoted, a
+            # boolean as 0 or 1); of two or more, a JSON array, which is what we want.
+            if len(picks) == 1:
+                picks.append(picks[0])
+            return sa.func.json_extract(column, *picks, type_=sa.Text)
+        arrays = [
+            sa.literal(path.split("."), postgresql.ARRAY(sa.Text), literal_execute=True)
+            for path in paths
+        ]
+        return sa.func.jsonb_build_array(
+            *[column.op("#>")(a) for a in arrays], type_=postgresql.JSONB
+        )
+
+    @staticmethod
+    def _decode_values(paths: list[str], raw: Any) -> dict[str, Any]:
+        values = json.loads(raw) if isinstance(raw, str) else raw  # SQLite: JSON text
+        return dict(zip(paths, values[: len(paths)], strict=True))
 
     def linked_project_ids(
         self, connector: str, project_ids: Iterable[str], *, include_unlinked: bool = True

@@ -995,19 +995,26 @@ class _RunContext:
         links), pending conflicts in one query: a few queries per cycle, not three per linked
         project. A dry run's overlay (what its pulls would have written) takes precedence.
         """
+        paths = sorted(self.e.mappings[name].pushed_paths)
+        if not paths:
+            return
         overlay = {ref: lk for (conn, ref), lk in self.overlay.links.items() if conn == name}
         pending = self.store.pending_conflict_fields(name)
-        for chunk in self.store.linked_projects(name):
+        # Only the pushed paths of each project are read (by the database), not its JSON.
+        for chunk in self.store.linked_projects(name, paths=paths):
             for item in chunk:
                 lk = item.link
                 if lk.ref in overlay:
                     continue  # planned again below, as the overlay has it
                 pid = lk.project_id
-                hub = self.overlay.projects.get(pid, item.project)
-                if hub is None:
-                    continue
+                if pid in self.overlay.projects:
+                    values = _values(self.overlay.projects[pid], paths)
+                elif item.values is None:
+                    continue  # tombstoned
+                else:
+                    values = item.values
                 bases = self.overlay.bases.get((pid, name), item.bases)
-                step = self._push_update(name, lk, hub, bases, pending.get(pid, set()))
+                step = self._push_update(name, lk, values, bases, pending.get(pid, set()))
                 if step is not None:
                     yield step
         for lk_or_none in overlay.values():
@@ -1018,7 +1025,11 @@ class _RunContext:
                 continue
             bases = self.bases(lk_or_none.project_id, name)
             step = self._push_update(
-                name, lk_or_none, hub, bases, pending.get(lk_or_none.project_id, set())
+                name,
+                lk_or_none,
+                _values(hub, paths),
+                bases,
+                pending.get(lk_or_none.project_id, set()),
             )
             if step is not None:
                 yield step
@@ -1027,11 +1038,11 @@ class _RunContext:
         self,
         name: str,
         lk: StoredLink,
-        hub: dict[str, Any],
+        values: Mapping[str, Any],
         bases: dict[str, Any],
         pending: set[str],
     ) -> Step | None:
-        diffs = self._diffs(name, hub, bases, pending)
+        diffs = self._diffs(name, values, bases, pending)
         if not diffs:
             return None
         try:
@@ -1054,14 +1065,15 @@ class _RunContext:
         )
 
     def _diffs(
-        self, name: str, hub: dict[str, Any], bases: dict[str, Any], pending: set[str]
+        self, name: str, values: Mapping[str, Any], bases: dict[str, Any], pending: set[str]
     ) -> dict[str, Any]:
+        """Pushed paths whose hub value (``values``: path -> value) differs from the base."""
         spec = self.e.mappings[name]
         diffs: dict[str, Any] = {}
         for path in spec.pushed_paths:
             if path in pending:
                 continue
-            value = get_path(hub, path)
+            value = values[path]
             if path in bases:
                 if bases[path] != value:
                     diffs[path] = value
@@ -1252,6 +1264,10 @@ def _fast_form(
     if not (by is None or isinstance(by, str)) or not isinstance(out["name"], str):
         return None
     return out
+
+
+def _values(project: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
+    return {p: get_path(project, p) for p in paths}
 
 
 def _set_path_cow(data: dict[str, Any], path: str, value: Any, copied: set[str]) -> None:
