@@ -4,7 +4,7 @@ made by the bridge itself."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -12,10 +12,23 @@ from zoneinfo import ZoneInfo
 import pytest
 import time_machine
 
-from bridge.model import Admission, SalesProject
+from bridge.model import DELIVERABLE_ORDER, ENGINE_FIELDS, LEVEL_ORDER, Admission, SalesProject
 from bridge.rules import Calendar, RulePack, load_rules, parse_rules
 from bridge.rules.calendar import parse_gap
 from bridge.rules.engine import Evaluation
+from bridge.rules.facts import (
+    ABSENT,
+    ROLES,
+    Detail,
+    FactPlan,
+    _cadence,
+    _date,
+    _dt,
+    _empty,
+    derive,
+    freeze,
+    milestone_key,
+)
 from bridge.store.store import Event
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -797,3 +810,498 @@ def test_chinese_messages_use_stage_labels_and_chinese_units(
     assert failed["stuck_in_stage"].message("en") == "In negotiation for 87 days"
     assert "要求每 1 个工作日更新一次" in failed["cadence"].message("zh-CN")
     assert "need one every 1 business day" in failed["cadence"].message("en")
+
+
+# --------------------------------------------------------------------------- the fast path
+# derive() was rewritten for speed (issue #12: caches on the plan and the calendar, watchers
+# grouped per event field, flat entries copied in a loop) and Evaluator._check walks prepared
+# rows. reference_derive below is the implementation before that rewrite, kept verbatim as
+# the oracle (only its per-plan cache of event-field watchers is computed inline), with the
+# money helper of the time. Both must agree on every fact, every detail and every outcome.
+
+
+def _reference_money(v: Any, plan: FactPlan) -> tuple[float | None, str]:
+    if not isinstance(v, dict):
+        return None, ""
+    cur = v.get("currency") or ""
+    try:
+        amt = float(v.get("amount"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None, cur
+    if plan.base_currency is None or cur == plan.base_currency:
+        return amt, cur
+    rate = plan.fx.get(cur)
+    return (None, cur) if rate is None else (amt * float(rate), cur)
+
+
+def reference_derive(
+    project: Mapping[str, Any],
+    events: Sequence[Event],
+    now: datetime,
+    cal: Calendar,
+    plan: FactPlan,
+) -> tuple[dict[str, Any], Detail]:
+    """Every fact of :data:`FACTS` (checklists aside: they are expressions) for one project.
+
+    ``project`` is the canonical JSON form; ``events`` its event log, oldest first. Entries of
+    the map facts in :data:`FLATTENED` are also stored under ``<fact>.<key>``.
+    """
+    facts: dict[str, Any] = {}
+    detail = Detail()
+    tz = cal.tz
+    today = now.astimezone(tz).date()
+    stages = plan.stages
+    index = plan.index
+    get = project.get
+
+    # -- project
+    stage = get("stage") or "lead"
+    status = get("status") or "open"
+    priority = get("priority") or "medium"
+    facts["stage"] = stage
+    facts["stage_index"] = index.get(stage, -1)
+    facts["status"] = status
+    facts["is_open"] = status == "open"
+    facts["priority"] = LEVEL_ORDER.get(priority, -1)
+    facts["urgency"] = LEVEL_ORDER.get(get("urgency") or "", -1)
+    facts["importance"] = LEVEL_ORDER.get(get("importance") or "", -1)
+    facts["intent"] = LEVEL_ORDER.get(get("intent") or "", -1)
+    facts["complexity"] = LEVEL_ORDER.get(get("complexity") or "", -1)
+    amount, currency = _reference_money(get("amount"), plan)
+    contract = get("contract_value")
+    facts["amount"] = amount
+    facts["contract_value"] = _reference_money(contract, plan)[0] if contract else amount
+    facts["currency"] = currency
+    facts["probability"] = get("probability")
+    owner = get("owner")
+    email = owner.get("email") if isinstance(owner, dict) else None
+    facts["owner"] = email or ""
+    facts["has_owner"] = bool(email)
+    facts["team"] = get("team") or ""
+    custom = get("custom") or {}
+    facts["custom"] = custom
+    facts["has_budget"] = bool(custom) and (
+        not _empty(custom.get("budget_range"))
+        or not _empty(custom.get("budget"))
+        or (not _empty(custom.get("budget_min")) and not _empty(custom.get("budget_max")))
+    )
+    needs = get("needs") or ()
+    facts["needs"] = len(needs)
+    facts["pain_points"] = sum(1 for n in needs if n.get("pain_point"))
+    facts["competitors"] = len(get("competitors") or ())
+
+    # -- evidence
+    deliverable = dict.fromkeys(plan.deliverable_kinds, 0)
+    for d in get("deliverables") or ():
+        kind = d.get("kind")
+        rank = DELIVERABLE_ORDER.get(d.get("status") or "missing", 0)
+        if rank > deliverable.get(kind, -1):
+            deliverable[kind] = rank
+    facts["deliverable"] = deliverable
+    roles = dict.fromkeys(ROLES, 0)
+    supportive = opposed = 0
+    for sh in get("stakeholders") or ():
+        role = sh.get("role") or "other"
+        roles[role] = roles.get(role, 0) + 1
+        attitude = sh.get("attitude")
+        supportive += attitude == "supportive"
+        opposed += attitude == "opposed"
+    facts["stakeholders"] = roles
+    facts["supportive_stakeholders"] = supportive
+    facts["opposed_stakeholders"] = opposed
+    achieved: list[str] = []
+    overdue_milestones = 0
+    for m in get("milestones") or ():
+        if m.get("achieved_at"):
+            achieved.append(milestone_key(str(m.get("name") or "")))
+        else:
+            due = _date(m.get("due"))
+            overdue_milestones += due is not None and due < today
+    facts["milestones_achieved"] = achieved
+
+    # -- one pass over the event log
+    last_update = _dt(get("last_meaningful_update_at"))
+    last_update_by = get("last_meaningful_update_by")
+    entered_at: dict[str, datetime] = {}
+    moves = backward = 0
+    last_move: Event | None = None
+    skipped: list[str] = []
+    counts = dict.fromkeys(plan.counters, 0)
+    windows = {name: now - span for name, (_c, span) in plan.counters.items()}
+    latest_trigger: dict[str, Event] = {}
+    for e in events:
+        f = e.field
+        at = e.at
+        if at > now:
+            continue  # the log may run ahead of an explicit `now` (tests, replays)
+        engine_field = f.split(".")[0] in ENGINE_FIELDS
+        seen = plan.watchers(f)
+        if e.meaningful and not engine_field and (last_update is None or at > last_update):
+            last_update, last_update_by = at, e.actor
+        if f == "stage":
+            new, old = e.new, e.old
+            if isinstance(new, str):
+                entered_at[new] = at
+            moves += 1
+            last_move = e
+            i_old = index.get(old) if isinstance(old, str) else None
+            i_new = index.get(new) if isinstance(new, str) else None
+            if i_old is not None and i_new is not None:
+                if i_new < i_old:
+                    backward += 1
+                else:
+                    for k in stages[i_old + 1 : i_new]:
+                        if k not in plan.optional_stages and k not in skipped:
+                            skipped.append(k)
+        if seen:
+            for name, change in seen:
+                if change.meaningful_only and not e.meaningful:
+                    continue
+                if change.change != "any" and not change.matches(e):
+                    continue
+                if name.startswith("trigger:"):
+                    latest_trigger[name[8:]] = e
+                elif at >= windows[name]:
+                    counts[name] += 1
+
+    # -- lifecycle
+    stage_entered = entered_at.get(stage)
+    if stage_entered is None:
+        stage_entered = _dt(get("stage_entered_at")) or _dt(get("created_at"))
+    detail.stage_entered = stage_entered
+    entered = dict.fromkeys(stages, -1)
+    for k, at in entered_at.items():
+        entered[k] = (today - at.astimezone(tz).date()).days
+    if stage_entered is None:
+        facts["days_in_stage"] = facts["business_days_in_stage"] = None
+    else:
+        day = stage_entered.astimezone(tz).date()
+        entered[stage] = facts["days_in_stage"] = (today - day).days
+        facts["business_days_in_stage"] = cal.business_days(day, today)
+    facts["entered"] = entered
+    facts["hours_since_stage_change"] = (
+        None if last_move is None else int((now - last_move.at).total_seconds() // 3600)
+    )
+    prev = last_move.old if last_move is not None else ""
+    facts["previous_stage"] = prev = prev if isinstance(prev, str) else ""
+    facts["stage_changes"] = moves
+    facts["moved_backwards"] = bool(
+        last_move is not None
+        and isinstance(last_move.new, str)
+        and index.get(last_move.new, -1) < index.get(prev, -1)
+    )
+    facts["backward_moves"] = backward
+    facts["skipped_stages"] = skipped
+
+    # -- time
+    if last_update is None:
+        last_update = _dt(get("created_at"))
+    detail.last_update, detail.last_update_by = last_update, last_update_by
+    if last_update is None:
+        facts["idle_days"] = facts["business_idle_days"] = facts["idle_hours"] = None
+        last_day = None
+    else:
+        last_day = last_update.astimezone(tz).date()
+        facts["idle_days"] = (today - last_day).days
+        facts["business_idle_days"] = cal.business_days(last_day, today)
+        facts["idle_hours"] = int((now - last_update).total_seconds() // 3600)
+    close = _date(get("expected_close_date"))
+    if close is None:
+        facts["days_to_close"] = facts["business_days_to_close"] = None
+    else:
+        facts["days_to_close"] = (close - today).days
+        facts["business_days_to_close"] = cal.business_days(today, close)
+    open_tasks = overdue_tasks = 0
+    for t in get("tasks") or ():
+        if not t.get("done"):
+            open_tasks += 1
+            due = _date(t.get("due"))
+            overdue_tasks += due is not None and due < today
+    facts["open_tasks"] = open_tasks
+    facts["overdue_tasks"] = overdue_tasks
+    facts["overdue_milestones"] = overdue_milestones
+    steps = get("next_steps") or ()
+    facts["next_steps"] = len(steps)
+    no_owner = no_due = overdue_steps = 0
+    for st in steps:
+        o = st.get("owner")
+        no_owner += not (isinstance(o, dict) and (o.get("email") or o.get("name")))
+        due = _date(st.get("due"))
+        no_due += due is None
+        overdue_steps += due is not None and due < today
+    facts["next_steps_without_owner"] = no_owner
+    facts["next_steps_without_due"] = no_due
+    facts["overdue_next_steps"] = overdue_steps
+    open_risks = unmitigated = high = high_unmitigated = 0
+    for r in get("risks") or ():
+        if (r.get("status") or "open") != "open":
+            continue
+        open_risks += 1
+        bare = _empty(r.get("mitigation"))
+        unmitigated += bare
+        if LEVEL_ORDER.get(r.get("severity") or "medium", 1) >= 2:
+            high += 1
+            high_unmitigated += bare
+    facts["open_risks"] = open_risks
+    facts["risks_without_mitigation"] = unmitigated
+    facts["high_risks"] = high
+    facts["high_risks_without_mitigation"] = high_unmitigated
+    overdue_payments = 0
+    for pay in get("payments") or ():
+        due = _date(pay.get("due"))
+        overdue_payments += due is not None and due < today and not pay.get("received_at")
+    facts["overdue_payments"] = overdue_payments
+    facts["count"] = counts
+
+    # -- cadence
+    row = plan.cadence.get(stage)
+    gap = row.get(priority, plan.cadence_default) if row else plan.cadence_default
+    if gap is None:
+        facts["cadence_limit"] = ""
+        facts["cadence_ok"] = True
+    else:
+        facts["cadence_limit"] = gap.describe()
+        ok, detail.cadence_since = _cadence(gap, last_update, last_day, now, today, cal)
+        facts["cadence_ok"] = ok
+    overdue: dict[str, bool] = {}
+    for trig in plan.triggers:
+        ev = latest_trigger.get(trig.id)
+        late = False
+        if ev is not None:
+            answered = last_update is not None and last_update > ev.at
+            due_at = ev.at + trig.within
+            late = not answered and now > due_at
+            if late:
+                detail.triggers[trig.id] = (ev, due_at)
+        overdue[trig.id] = late
+    facts["trigger_overdue"] = overdue
+    for name, pairs in plan.flat_names:
+        m = facts[name]
+        if name == "custom":  # free-form values: frozen, and an absent key is not null
+            for k, flat_name in pairs:
+                facts[flat_name] = freeze(m.get(k, ABSENT))
+        else:
+            for k, flat_name in pairs:
+                facts[flat_name] = m.get(k)
+    for name in plan.frozen_lists:
+        facts["#" + name] = tuple(facts[name])
+    return facts, detail
+
+
+VARIED_PACK = (
+    """
+[settings]
+deliverable_kinds = ["proposal", "contract"]
+
+[admission]
+version = "t"
+otherwise = "track"
+
+[counters.owner_set]
+field = "owner"
+change = "set"
+window = "30d"
+
+[counters.owner_cleared]
+field = "owner"
+change = "cleared"
+window = "30d"
+
+[counters.lost]
+field = "status"
+change = "to"
+value = "lost"
+window = "60d"
+
+[counters.reopened]
+field = "status"
+change = "from"
+value = "lost"
+window = "60d"
+
+[counters.up]
+field = "probability"
+change = "increase"
+window = "90d"
+
+[counters.down]
+field = "amount"
+change = "decrease"
+window = "90d"
+meaningful_only = false
+
+[counters.pulled_in]
+field = "expected_close_date"
+change = "earlier"
+window = "90d"
+
+[counters.customer_edits]
+field = "customer"
+window = "14d"
+
+[rules.custom_read]
+check = 'has(custom.budget) || custom.tier == "gold"'
+"""
+    + TITLE
+    + """
+[rules.counted]
+check = "count.owner_set + count.owner_cleared + count.lost + count.reopened + count.up """
+    + """+ count.down + count.pulled_in + count.customer_edits < 3"
+"""
+    + TITLE
+    + TRIGGERS
+)
+
+
+def _logged(
+    pid: str, at: datetime, field: str, old: Any, new: Any, meaningful: bool = True
+) -> Event:
+    return Event(
+        project_id=pid,
+        at=at,
+        field=field,
+        old=old,
+        new=new,
+        source="crm" if meaningful else "hub",
+        meaningful=meaningful,
+        actor="rep@example.com" if meaningful else "salesbridge",
+    )
+
+
+def _varied_world() -> Iterator[tuple[dict[str, Any], list[Event], datetime, Calendar]]:
+    """Generated projects with event logs: stage walks (skips, steps back, unknown and non-text
+    stages), people's and the bridge's edits of watched and unwatched fields, events after
+    ``now``, odd custom values and currencies, in four calendars around a DST change and
+    holidays."""
+    import random
+
+    from bridge.demo_data import DemoOptions, generate
+    from bridge.model import DEFAULT_STAGES
+
+    stages = [s.key for s in DEFAULT_STAGES]
+    cals = [
+        Calendar(),
+        Calendar.of("Asia/Shanghai", [date(2026, 10, 1), date(2026, 10, 2)]),
+        Calendar.of("Europe/Berlin", [date(2026, 3, 30), date(2026, 12, 25)]),
+        Calendar.of("America/New_York", [date(2026, 11, 26)]),
+    ]
+    nows = [datetime(2026, 3, 29, 1, 30, tzinfo=UTC), datetime(2026, 11, 27, 9, tzinfo=UTC)]
+    customs: list[dict[str, Any]] = [
+        {},
+        {"budget": "1M", "success_metrics": 1.0, "tier": "gold"},
+        {"budget_min": "1", "budget_max": "", "decision_process": None, "tier": True},
+        {"budget_range": [1, 2], "decision_criteria": {"a": 1}, "tier": 3},
+        {"success_metrics": True, "decision_process": 1, "budget": 0.0, "tier": [1, "x"]},
+    ]
+    for seed, now in ((3, nows[0]), (11, nows[1])):
+        rnd = random.Random(seed)
+        for i, p in enumerate(generate(DemoOptions(count=250, seed=seed, now=now))):
+            d = p.to_json()
+            d["id"] = f"sb-{seed}-{i}"
+            d["custom"] = customs[i % len(customs)]
+            if i % 9 == 0:
+                d.pop("last_meaningful_update_at", None)
+            if i % 11 == 0:
+                d["expected_close_date"] = None
+            if i % 13 == 0:
+                d["stage_entered_at"] = None
+                d["amount"] = {"amount": "12", "currency": "JPY"}
+            if i % 17 == 0:
+                d["status"] = "on_hold"
+            at = datetime.fromisoformat(d["created_at"].replace("Z", "+00:00"))
+            log: list[tuple[datetime, str, Any, Any, bool]] = []
+            cur = 0
+            for _ in range(rnd.randint(0, 14)):
+                at = at + timedelta(hours=rnd.randint(1, 400))
+                k = rnd.random()
+                if k < 0.3:
+                    nxt = max(0, min(len(stages) - 1, cur + rnd.choice([1, 1, 2, 3, -1])))
+                    old: Any = stages[cur] if rnd.random() > 0.03 else None
+                    new: Any = stages[nxt] if rnd.random() > 0.03 else 7
+                    log.append((at, "stage", old, new, rnd.random() > 0.1))
+                    cur = nxt
+                elif k < 0.4:
+                    a, b = rnd.choice([("100", "130"), ("100", "70"), ("0", "5"), ("x", "1")])
+                    log.append(
+                        (at, "amount", {"amount": a, "currency": "USD"}, {"amount": b}, True)
+                    )
+                elif k < 0.5:
+                    a, b = rnd.choice([("2026-04-01", "2026-05-01"), ("2026-05-01", "2026-04-01")])
+                    new = rnd.choice([b, None, "not a date"])
+                    log.append((at, "expected_close_date", a, new, True))
+                elif k < 0.55:
+                    risk = {"description": "r", "severity": rnd.choice(["low", "high"])}
+                    log.append((at, "risks", [], [risk], True))
+                elif k < 0.6:
+                    old, new = rnd.choice([None, {"email": "a@b"}]), rnd.choice([None, "x"])
+                    log.append((at, "owner", old, new, True))
+                elif k < 0.65:
+                    old, new = rnd.choice(["open", "lost"]), rnd.choice(["open", "lost"])
+                    log.append((at, "status", old, new, True))
+                elif k < 0.7:
+                    log.append((at, "probability", rnd.randint(0, 100), rnd.randint(0, 100), True))
+                elif k < 0.75:
+                    log.append((at, "customer.name", "A", "B", True))
+                elif k < 0.8:
+                    log.append((at, "links.jira", None, "x", True))  # the engine's own field
+                else:
+                    field = rnd.choice(["description", "custom.note"])
+                    log.append((at, field, "", "x", rnd.random() > 0.4))
+            if rnd.random() < 0.1:  # ahead of now: ignored
+                log.append((now + timedelta(hours=3), "stage", stages[cur], "lead", True))
+            if i % 5 == 0:  # on the edges of the counters' windows
+                days = (14, 30, 60, 90)[i // 5 % 4]
+                edge = now - timedelta(days=days)
+                log.append((edge, "stage", "lead", "qualification", True))
+                log.append((edge, "expected_close_date", "2026-04-01", "2026-05-01", True))
+                log.append((edge, "status", "open", "lost", True))
+                log.append((edge, "customer.name", "A", "B", True))
+                log.sort(key=lambda row: row[0])
+            if i % 7 == 0:  # triggers due exactly now, nothing after them
+                log = [row for row in log if row[0] < now - timedelta(days=3)]
+                d.pop("last_meaningful_update_at", None)
+                log.append(
+                    (now - timedelta(hours=48), "amount", {"amount": "1"}, {"amount": "2"}, True)
+                )
+                log.append((now - timedelta(hours=24), "stage", "lead", "qualification", True))
+            events = [_logged(d["id"], *row) for row in log]
+            yield d, events, now, cals[(i + seed) % len(cals)]
+
+
+@pytest.mark.parametrize("which", ["default", "varied"])
+def test_fast_fact_derivation_matches_the_reference(which: str) -> None:
+    from bridge.rules import engine
+
+    rules = load_rules() if which == "default" else pack(VARIED_PACK)
+    reference = load_rules() if which == "default" else pack(VARIED_PACK)
+    checked = failed = 0
+    for d, events, now, cal in _varied_world():
+        facts, detail = derive(d, events, now, cal, rules.plan)
+        want_facts, want_detail = reference_derive(d, events, now, cal, reference.plan)
+        assert facts == want_facts, d["id"]
+        assert list(facts) == list(want_facts), d["id"]  # same order, for explain output
+        assert detail == want_detail, d["id"]
+        got = rules.evaluate(d, events, now, cal)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(engine, "derive", reference_derive)
+            want = reference.evaluate(d, events, now, cal)
+        assert got.admission == want.admission
+        assert [
+            (r.rule.id, r.outcome, dict(r.evidence), r.period, r.since, r.why) for r in got.results
+        ] == [
+            (r.rule.id, r.outcome, dict(r.evidence), r.period, r.since, r.why) for r in want.results
+        ], d["id"]
+        checked += 1
+        failed += len(got.violations)
+    assert checked == 500 and failed > 100  # the data set exercises the rules
+
+
+def test_business_day_memo_gives_what_counting_gives() -> None:
+    cal = Calendar.of("Europe/Berlin", [date(2026, 4, 3), date(2026, 4, 6), date(2026, 5, 2)])
+    days = [date(2026, 3, 20) + timedelta(days=i) for i in range(60)]
+    for a in days:
+        for b in days[::7]:
+            assert cal.business_days(a, b) == cal._business_days(a, b)
+            assert cal.business_days(a, b) == cal.business_days(a, b)  # from the memo
+        for n in range(12):
+            assert cal.add_business_days(a, n) == cal._add_business_days(a, n)

@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = ["Calendar", "Gap", "parse_duration", "parse_gap"]
 
+_MEMO_LIMIT = 50_000
+
 
 @dataclass(frozen=True, slots=True)
 class Calendar:
@@ -27,6 +29,14 @@ class Calendar:
     holidays: frozenset[date] = frozenset()
     name: str = "UTC"
     _ordinals: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    _counted: dict[tuple[date, date], int] = field(
+        default_factory=dict, repr=False, compare=False, hash=False
+    )
+    """Business-day counts already taken: a portfolio asks about the same few hundred dates
+    again and again (every project is measured against the same today)."""
+    _added: dict[tuple[date, int], date] = field(
+        default_factory=dict, repr=False, compare=False, hash=False
+    )
 
     @classmethod
     def of(cls, timezone: str | tzinfo | None = None, holidays: Iterable[date] = ()) -> Calendar:
@@ -63,6 +73,16 @@ class Calendar:
 
     def business_days(self, start: date, end: date) -> int:
         """Business days in ``(start, end]``; negative when ``end`` is before ``start``."""
+        memo = self._counted
+        n = memo.get((start, end))
+        if n is None:
+            n = self._business_days(start, end)
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            memo[start, end] = n
+        return n
+
+    def _business_days(self, start: date, end: date) -> int:
         if end < start:
             return -self.business_days(end, start)
         n = (end - start).days
@@ -83,6 +103,16 @@ class Calendar:
 
     def add_business_days(self, start: date, n: int) -> date:
         """The ``n``-th business day after ``start`` (n >= 0; 0 gives ``start``)."""
+        memo = self._added
+        d = memo.get((start, n))
+        if d is None:
+            d = self._add_business_days(start, n)
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            memo[start, n] = d
+        return d
+
+    def _add_business_days(self, start: date, n: int) -> date:
         d = start
         while n > 0:
             d += timedelta(days=1)

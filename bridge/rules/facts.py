@@ -15,11 +15,11 @@ base currency; a value that cannot be known (no close date, a currency without a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from bridge.model import DELIVERABLE_ORDER, ENGINE_FIELDS, LEVEL_ORDER, StakeholderRole
 from bridge.rules.calendar import Calendar, Gap
@@ -424,6 +424,59 @@ class Trigger:
     within: timedelta
 
 
+def _value_test(c: Change) -> Callable[[Any, Any], bool] | None:
+    """:meth:`Change.matches` on an event's (old, new) values, its kind decided once (None
+    for ``any``); whether the change is a person's is checked apart."""
+    kind = c.change
+    if kind == "any":
+        return None
+    if kind == "set":
+        return lambda old, new: _empty(old) and not _empty(new)
+    if kind == "cleared":
+        return lambda old, new: not _empty(old) and _empty(new)
+    if kind == "to":
+        value = c.value
+        return lambda _old, new: bool(new == value)
+    if kind == "from":
+        value = c.value
+        return lambda old, _new: bool(old == value)
+    if kind in ("later", "earlier"):
+        later = kind == "later"
+
+        def dates(old: Any, new: Any) -> bool:
+            a, b = _date(old), _date(new)
+            if a is None or b is None:
+                return False
+            return b > a if later else b < a
+
+        return dates
+    if kind == "risk_raised":
+        return c._risk_raised
+
+    def numbers(old: Any, new: Any) -> bool:
+        x, y = _number(old), _number(new)
+        if x is None or y is None:
+            return False
+        if kind == "increase":
+            return y > x
+        if kind == "decrease":
+            return y < x
+        if x == 0:
+            return y != 0
+        return abs((y - x) / x) * 100 >= c.min_pct
+
+    return numbers
+
+
+class Watch(NamedTuple):
+    """Counters and triggers that watch one event field with one (equal) change."""
+
+    test: Callable[[Any, Any], bool] | None
+    meaningful_only: bool
+    counters: tuple[str, ...]
+    triggers: tuple[str, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class FactPlan:
     """What :func:`derive` needs from the lifecycle and the rule pack."""
@@ -445,10 +498,25 @@ class FactPlan:
     watch: Mapping[str, tuple[tuple[str, Change], ...]] = field(init=False, repr=False)
     """Event field -> (counter name or ``trigger:<id>``, change) that look at it."""
     index: Mapping[str, int] = field(init=False, repr=False)
-    fields: dict[str, tuple[bool, tuple[tuple[str, Change], ...]]] = field(
+    flat_names: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = field(init=False, repr=False)
+    handlers: dict[str, tuple[bool, tuple[Watch, ...]]] = field(
         init=False, repr=False, default_factory=dict
     )
-    flat_names: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = field(init=False, repr=False)
+    """Event field -> whether it is the engine's own, and the :class:`Watch` groups that
+    look at it (see :meth:`handler`)."""
+    clocks: dict[tuple[datetime, tzinfo], tuple[date, dict[str, datetime]]] = field(
+        init=False, repr=False, default_factory=dict
+    )
+    """(now, timezone) -> (today on that wall clock, each counter's window start): the same
+    for every project of a sweep."""
+    flat_maps: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = field(
+        init=False, repr=False
+    )
+    """:attr:`flat_names` of the maps but ``custom``, as (map, keys, flat names)."""
+    flat_custom: tuple[tuple[str, str], ...] = field(init=False, repr=False)
+    frozen_names: tuple[tuple[str, str], ...] = field(init=False, repr=False)
+    fx_float: Mapping[str, float] = field(init=False, repr=False)
+    trigger_spans: tuple[tuple[str, timedelta], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", {k: i for i, k in enumerate(self.stages)})
@@ -470,14 +538,57 @@ class FactPlan:
             keys = {n: self.flat.get(n, ()) for n in keys}
         flat_names = tuple((n, tuple((k, f"{n}.{k}") for k in ks)) for n, ks in keys.items() if ks)
         object.__setattr__(self, "flat_names", flat_names)
+        flat_maps = tuple(
+            (n, tuple(k for k, _ in pairs), tuple(f for _, f in pairs))
+            for n, pairs in flat_names
+            if n != "custom"
+        )
+        object.__setattr__(self, "flat_maps", flat_maps)
+        custom = next((pairs for n, pairs in flat_names if n == "custom"), ())
+        object.__setattr__(self, "flat_custom", custom)
+        object.__setattr__(self, "frozen_names", tuple((n, "#" + n) for n in self.frozen_lists))
+        object.__setattr__(self, "fx_float", {c: float(r) for c, r in self.fx.items()})
+        object.__setattr__(self, "trigger_spans", tuple((t.id, t.within) for t in self.triggers))
 
-    def field_info(self, event_field: str) -> tuple[bool, tuple[tuple[str, Change], ...]]:
-        """Whether ``event_field`` is the engine's own, and what watches it (cached: a
-        portfolio's event log names few distinct fields)."""
-        info = (event_field.split(".")[0] in ENGINE_FIELDS, self.watchers(event_field))
-        if len(self.fields) < 10_000:
-            self.fields[event_field] = info
-        return info
+    def handler(self, event_field: str) -> tuple[bool, tuple[Watch, ...]]:
+        """Whether ``event_field`` is the engine's own, and what watches it, grouped by equal
+        :class:`Change` (a counter and a trigger on the same change test an event once). Cached:
+        a portfolio's event log names few distinct fields."""
+        found = self.handlers.get(event_field)
+        if found is not None:
+            return found
+        groups: list[tuple[Change, list[str], list[str]]] = []
+        for name, change in self.watchers(event_field):
+            group = next((g for g in groups if g[0] == change), None)
+            if group is None:
+                group = (change, [], [])
+                groups.append(group)
+            if name.startswith("trigger:"):
+                group[2].append(name[8:])
+            else:
+                group[1].append(name)
+        found = (
+            event_field.split(".")[0] in ENGINE_FIELDS,
+            tuple(
+                Watch(_value_test(c), c.meaningful_only, tuple(cs), tuple(ts))
+                for c, cs, ts in groups
+            ),
+        )
+        if len(self.handlers) < 10_000:
+            self.handlers[event_field] = found
+        return found
+
+    def clock(self, now: datetime, tz: tzinfo) -> tuple[date, dict[str, datetime]]:
+        """Today at ``now`` on the ``tz`` wall clock, and each counter's window start."""
+        found = self.clocks.get((now, tz))
+        if found is None:
+            today = now.astimezone(tz).date()
+            windows = {name: now - span for name, (_c, span) in self.counters.items()}
+            found = (today, windows)
+            if len(self.clocks) >= 64:
+                self.clocks.clear()
+            self.clocks[now, tz] = found
+        return found
 
     def watchers(self, event_field: str) -> tuple[tuple[str, Change], ...]:
         """What looks at ``event_field`` (``customer.name`` is seen by ``customer`` too)."""
@@ -511,8 +622,8 @@ def _money(v: Any, plan: FactPlan) -> tuple[float | None, str]:
         return None, cur
     if plan.base_currency is None or cur == plan.base_currency:
         return amt, cur
-    rate = plan.fx.get(cur)
-    return (None, cur) if rate is None else (amt * float(rate), cur)
+    rate = plan.fx_float.get(cur)
+    return (None, cur) if rate is None else (amt * rate, cur)
 
 
 FLATTENED: Final = ("deliverable", "stakeholders", "entered", "count", "trigger_overdue", "custom")
@@ -546,11 +657,15 @@ def derive(
 
     ``project`` is the canonical JSON form; ``events`` its event log, oldest first. Entries of
     the map facts in :data:`FLATTENED` are also stored under ``<fact>.<key>``.
+
+    This runs once per project per sweep, so it is written for speed: what is the same for
+    every project (today, counter windows, which counters and triggers watch an event field,
+    business-day counts) is taken from caches on the plan and the calendar.
     """
     facts: dict[str, Any] = {}
     detail = Detail()
     tz = cal.tz
-    today = now.astimezone(tz).date()
+    today, windows = plan.clock(now, tz)
     stages = plan.stages
     index = plan.index
     get = project.get
@@ -559,15 +674,16 @@ def derive(
     stage = get("stage") or "lead"
     status = get("status") or "open"
     priority = get("priority") or "medium"
+    levels = LEVEL_ORDER
     facts["stage"] = stage
     facts["stage_index"] = index.get(stage, -1)
     facts["status"] = status
     facts["is_open"] = status == "open"
-    facts["priority"] = LEVEL_ORDER.get(priority, -1)
-    facts["urgency"] = LEVEL_ORDER.get(get("urgency") or "", -1)
-    facts["importance"] = LEVEL_ORDER.get(get("importance") or "", -1)
-    facts["intent"] = LEVEL_ORDER.get(get("intent") or "", -1)
-    facts["complexity"] = LEVEL_ORDER.get(get("complexity") or "", -1)
+    facts["priority"] = levels.get(priority, -1)
+    facts["urgency"] = levels.get(get("urgency") or "", -1)
+    facts["importance"] = levels.get(get("importance") or "", -1)
+    facts["intent"] = levels.get(get("intent") or "", -1)
+    facts["complexity"] = levels.get(get("complexity") or "", -1)
     amount, currency = _money(get("amount"), plan)
     contract = get("contract_value")
     facts["amount"] = amount
@@ -588,7 +704,11 @@ def derive(
     )
     needs = get("needs") or ()
     facts["needs"] = len(needs)
-    facts["pain_points"] = sum(1 for n in needs if n.get("pain_point"))
+    pains = 0
+    for n in needs:
+        if n.get("pain_point"):
+            pains += 1
+    facts["pain_points"] = pains
     facts["competitors"] = len(get("competitors") or ())
 
     # -- evidence
@@ -605,8 +725,10 @@ def derive(
         role = sh.get("role") or "other"
         roles[role] = roles.get(role, 0) + 1
         attitude = sh.get("attitude")
-        supportive += attitude == "supportive"
-        opposed += attitude == "opposed"
+        if attitude == "supportive":
+            supportive += 1
+        elif attitude == "opposed":
+            opposed += 1
     facts["stakeholders"] = roles
     facts["supportive_stakeholders"] = supportive
     facts["opposed_stakeholders"] = opposed
@@ -628,19 +750,19 @@ def derive(
     last_move: Event | None = None
     skipped: list[str] = []
     counts = dict.fromkeys(plan.counters, 0)
-    windows = {name: now - span for name, (_c, span) in plan.counters.items()}
     latest_trigger: dict[str, Event] = {}
-    fields = plan.fields
+    handlers = plan.handlers
     for e in events:
-        f = e.field
         at = e.at
         if at > now:
             continue  # the log may run ahead of an explicit `now` (tests, replays)
-        known = fields.get(f)
+        f = e.field
+        known = handlers.get(f)
         if known is None:
-            known = plan.field_info(f)
-        engine_field, seen = known
-        if e.meaningful and not engine_field and (last_update is None or at > last_update):
+            known = plan.handler(f)
+        engine_field, watches = known
+        meaningful = e.meaningful
+        if meaningful and not engine_field and (last_update is None or at > last_update):
             last_update, last_update_by = at, e.actor
         if f == "stage":
             new, old = e.new, e.old
@@ -657,15 +779,15 @@ def derive(
                     for k in stages[i_old + 1 : i_new]:
                         if k not in plan.optional_stages and k not in skipped:
                             skipped.append(k)
-        if seen:
-            for name, change in seen:
-                if change.meaningful_only and not e.meaningful:
-                    continue
-                if change.change != "any" and not change.matches(e):
-                    continue
-                if name.startswith("trigger:"):
-                    latest_trigger[name[8:]] = e
-                elif at >= windows[name]:
+        for test, meaningful_only, counters, triggers in watches:
+            if meaningful_only and not meaningful:
+                continue
+            if test is not None and not test(e.old, e.new):
+                continue
+            for tid in triggers:
+                latest_trigger[tid] = e
+            for name in counters:
+                if at >= windows[name]:
                     counts[name] += 1
 
     # -- lifecycle
@@ -720,7 +842,8 @@ def derive(
         if not t.get("done"):
             open_tasks += 1
             due = _date(t.get("due"))
-            overdue_tasks += due is not None and due < today
+            if due is not None and due < today:
+                overdue_tasks += 1
     facts["open_tasks"] = open_tasks
     facts["overdue_tasks"] = overdue_tasks
     facts["overdue_milestones"] = overdue_milestones
@@ -729,10 +852,13 @@ def derive(
     no_owner = no_due = overdue_steps = 0
     for st in steps:
         o = st.get("owner")
-        no_owner += not (isinstance(o, dict) and (o.get("email") or o.get("name")))
+        if not (isinstance(o, dict) and (o.get("email") or o.get("name"))):
+            no_owner += 1
         due = _date(st.get("due"))
-        no_due += due is None
-        overdue_steps += due is not None and due < today
+        if due is None:
+            no_due += 1
+        elif due < today:
+            overdue_steps += 1
     facts["next_steps_without_owner"] = no_owner
     facts["next_steps_without_due"] = no_due
     facts["overdue_next_steps"] = overdue_steps
@@ -743,7 +869,7 @@ def derive(
         open_risks += 1
         bare = _empty(r.get("mitigation"))
         unmitigated += bare
-        if LEVEL_ORDER.get(r.get("severity") or "medium", 1) >= 2:
+        if levels.get(r.get("severity") or "medium", 1) >= 2:
             high += 1
             high_unmitigated += bare
     facts["open_risks"] = open_risks
@@ -768,27 +894,28 @@ def derive(
         ok, detail.cadence_since = _cadence(gap, last_update, last_day, now, today, cal)
         facts["cadence_ok"] = ok
     overdue: dict[str, bool] = {}
-    for trig in plan.triggers:
-        ev = latest_trigger.get(trig.id)
+    for tid, within in plan.trigger_spans:
+        ev = latest_trigger.get(tid)
         late = False
         if ev is not None:
             answered = last_update is not None and last_update > ev.at
-            due_at = ev.at + trig.within
+            due_at = ev.at + within
             late = not answered and now > due_at
             if late:
-                detail.triggers[trig.id] = (ev, due_at)
-        overdue[trig.id] = late
+                detail.triggers[tid] = (ev, due_at)
+        overdue[tid] = late
     facts["trigger_overdue"] = overdue
-    for name, pairs in plan.flat_names:
+    # map entries stored flat
+    for name, keys, flat in plan.flat_maps:
         m = facts[name]
-        if name == "custom":  # free-form values: frozen, and an absent key is not null
-            for k, flat_name in pairs:
-                facts[flat_name] = freeze(m.get(k, ABSENT))
-        else:
-            for k, flat_name in pairs:
-                facts[flat_name] = m.get(k)
-    for name in plan.frozen_lists:
-        facts["#" + name] = tuple(facts[name])
+        for k, flat_name in zip(keys, flat, strict=True):
+            facts[flat_name] = m.get(k)
+    for k, flat_name in plan.flat_custom:  # free-form values: frozen; absent is not null
+        v = custom.get(k, ABSENT)
+        t = type(v)
+        facts[flat_name] = v if t is str or t is int or v is None or v is ABSENT else freeze(v)
+    for name, frozen in plan.frozen_names:
+        facts[frozen] = tuple(facts[name])
     return facts, detail
 
 
