@@ -53,6 +53,8 @@ Text = Mapping[str, str]
 """A text in every language of :data:`LANGS`."""
 
 _MEMO_LIMIT = 200_000
+_UTC: Final = Calendar()
+"""The calendar of a project whose team has none (shared: it keeps a memo of counts)."""
 _TOKENS = re.compile(
     r'"""(?:.|\n)*?"""|\'\'\'(?:.|\n)*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\''
     r"|[A-Za-z_][A-Za-z0-9_]*"
@@ -444,6 +446,23 @@ class Evaluation:
 # --------------------------------------------------------------------------- the evaluator
 
 
+_Row = tuple[
+    int,
+    Rule,
+    frozenset[str],
+    "Expr | None",
+    Callable[[Mapping[str, Any]], Any],
+    dict[Any, Any],
+    Expr,
+    Callable[[Mapping[str, Any]], Any],
+    dict[Any, Any],
+]
+
+
+def _no_key(_facts: Mapping[str, Any]) -> Any:
+    return ()
+
+
 class Evaluator:
     """Applies checklists, admission and rules. Built by the loader; see ``RulePack``."""
 
@@ -479,6 +498,21 @@ class Evaluator:
             RuleResult(r, "skip", why=f"only {', '.join(sorted(r.statuses))} projects")
             for r in self.rules
         )
+        # The hot loop's view of each rule: everything it touches, unpacked once.
+        self._rows: tuple[_Row, ...] = tuple(
+            (
+                i,
+                r,
+                r.statuses,
+                r.when,
+                r.when._key if r.when is not None else _no_key,
+                r.when._memo if r.when is not None else {},
+                r.check,
+                r.check._key,
+                r.check._memo,
+            )
+            for i, r in enumerate(self.rules)
+        )
         # A checklist's count is a pure function of what its items read: one memo per list.
         self._lists: list[tuple[str, str, tuple[Expr, ...], Any, dict[Any, int]]] = []
         for cl in self.checklists:
@@ -509,8 +543,8 @@ class Evaluator:
         """
         data = project.to_json() if isinstance(project, SalesProject) else project
         now = (now or datetime.now(UTC)).astimezone(UTC)
-        cal = team or Calendar()
-        evs = events if isinstance(events, Sequence) else list(events)
+        cal = team or _UTC
+        evs = events if type(events) is list or isinstance(events, Sequence) else list(events)
         facts, detail = derive(data, evs, now, cal, self.plan)
         checklist: dict[str, int] = {}
         facts["checklist"] = checklist
@@ -563,35 +597,34 @@ class Evaluator:
     def _check(self, facts: dict[str, Any], detail: Detail) -> list[RuleResult]:
         """The hot loop: shared results for passes and skips, new ones for the rest.
 
-        ``Expr.run`` is inlined (key, memo lookup, compute on a miss): this loop runs once
-        per rule per project."""
+        ``Expr.run`` is inlined (key, memo lookup, compute on a miss) over rows prepared at
+        construction (:attr:`_rows`): this loop runs once per rule per project."""
         out: list[RuleResult] = []
         append = out.append
         status = facts["status"]
         absent = ABSENT
-        for i, rule in enumerate(self.rules):
-            if status not in rule.statuses:
-                append(self._wrong_status[i])
+        passed, skipped, wrong_status = self._passed, self._skipped, self._wrong_status
+        for i, rule, statuses, when, wkey, wmemo, check, ckey, cmemo in self._rows:
+            if status not in statuses:
+                append(wrong_status[i])
                 continue
-            when = rule.when
             if when is not None:
-                k = when._key(facts)
-                w = when._memo.get(k, absent)
+                k = wkey(facts)
+                w = wmemo.get(k, absent)
                 if w is absent:
                     w = when._compute(facts, k)
                 if w is False:
-                    append(self._skipped[i])
+                    append(skipped[i])
                     continue
                 if w is not True:
                     append(self._error(rule, when, w, facts))
                     continue
-            check = rule.check
-            k = check._key(facts)
-            ok = check._memo.get(k, absent)
+            k = ckey(facts)
+            ok = cmemo.get(k, absent)
             if ok is absent:
                 ok = check._compute(facts, k)
             if ok is True:
-                append(self._passed[i])
+                append(passed[i])
             elif ok is False:
                 append(self._fail(rule, facts, detail))
             else:
