@@ -126,7 +126,12 @@ def generate(opts: DemoOptions = DemoOptions()) -> Iterator[SalesProject]:
         amount = Decimal(base * (7 if currency == "CNY" else 1)) + Decimal(rnd.randint(0, 99) * 100)
         stale = rnd.random() < opts.stale_share
         idle_days = rnd.randint(20, 90) if stale else rnd.randint(0, 6)
-        last_update = opts.now - timedelta(days=idle_days, hours=rnd.randint(0, 8))
+        # Minutes and seconds spread by index, not drawn from rnd (that would change every
+        # project after it): people do not all work on the hour, and a tool's minute-precision
+        # queries (Jira's JQL) behave differently when a hundred records share one minute.
+        last_update = opts.now - timedelta(
+            days=idle_days, hours=rnd.randint(0, 8), minutes=(i * 37) % 60, seconds=(i * 53) % 60
+        )
         created = last_update - timedelta(days=rnd.randint(10, 200))
         entered = max(created, last_update - timedelta(days=rnd.randint(0, 40)))
         priority = rnd.choices(list(Level), weights=[3, 5, 3, 1])[0]
