@@ -126,12 +126,17 @@ class PipedriveEmulator(Emulator):
         self.pipelines: dict[int, Row] = {}
         self.stages: dict[int, Row] = {}
         self.deal_fields: list[Row] = []
+        self.person_fields: list[Row] = []
         self.organizations: dict[int, Row] = {}
         self.persons: dict[int, Row] = {}
         self.deals: dict[int, Row] = {}
         self.activities: dict[int, Row] = {}
         self._deal_activities: dict[int, list[int]] = {}
         """Activity ids by deal (an activity's deal never changes)."""
+        self.participants: dict[int, Row] = {}
+        """Deal participants by participant id (``{id, deal_id, person_id, add_time}``)."""
+        self._deal_participants: dict[int, list[int]] = {}
+        """Participant ids by deal, in the order added."""
         self.flow: dict[int, list[Row]] = {}
         self.webhooks: dict[int, Row] = {}
         self.deliveries: list[dict[str, Any]] = []
@@ -183,6 +188,31 @@ class PipedriveEmulator(Emulator):
             if o["label"].casefold() == label.casefold():
                 return int(o["id"])
         raise KeyError(label)
+
+    def person_field_key(self, name: str) -> str:
+        """The field code of the person field named ``name``."""
+        for f in self.person_fields:
+            if f["field_name"].casefold() == name.casefold():
+                return str(f["field_code"])
+        raise KeyError(name)
+
+    def person_option_id(self, field_name: str, label: str) -> int:
+        f = self._field(self.person_field_key(field_name), self.person_fields)
+        for o in f.get("options") or ():
+            if o["label"].casefold() == label.casefold():
+                return int(o["id"])
+        raise KeyError(label)
+
+    def participants_of(self, deal_id: int) -> list[int]:
+        """The person ids of a deal's participants, in the order they were added."""
+        with self.lock:
+            ids = self._deal_participants.get(deal_id, ())
+            return [self.participants[i]["person_id"] for i in ids]
+
+    def person(self, person_id: int) -> Row:
+        """A copy of a person as ``GET /api/v2/persons`` serves it."""
+        with self.lock:
+            return copy.deepcopy(self.persons[person_id])
 
     def stage_id(self, pipeline: str, stage: str) -> int:
         for s in self.stages.values():
@@ -242,8 +272,30 @@ class PipedriveEmulator(Emulator):
             return int(self._create_org({"name": name, "owner_id": owner_id})["id"])
 
     def add_person(self, name: str, owner_id: int = 1, **fields: Any) -> int:
+        """Create a person (v2 body shape: ``emails``, ``job_title``, ``custom_fields`` by
+        field code); returns its id."""
         with self.lock:
             return int(self._create_person({"name": name, "owner_id": owner_id, **fields})["id"])
+
+    def edit_person(self, person_id: int, **changes: Any) -> None:
+        """Change a person (v2 body shape, custom fields by field code)."""
+        with self.lock:
+            self._update_person(person_id, changes)
+
+    def add_participant(self, deal_id: int, person_id: int, user_id: int = 1) -> int:
+        """Add a person to a deal's participants, as the deal's Participants panel does;
+        returns the participant id."""
+        with self.lock:
+            return int(self._add_participant(deal_id, person_id, user_id)["id"])
+
+    def remove_participant(self, deal_id: int, person_id: int, user_id: int = 1) -> None:
+        """Remove a person from a deal's participants."""
+        with self.lock:
+            for pid in self._deal_participants.get(deal_id, ()):
+                if self.participants[pid]["person_id"] == person_id:
+                    self._delete_participant(deal_id, pid, user_id)
+                    return
+            raise KeyError(person_id)
 
     # ------------------------------------------------------------------ the app
 
@@ -264,6 +316,9 @@ class PipedriveEmulator(Emulator):
             r("/api/v2/organizations/search", "GET", self._h_search_orgs),
             r("/api/v2/persons", "GET", self._h_list_persons),
             r("/api/v2/persons", "POST", self._h_add_person),
+            r("/api/v2/persons/search", "GET", self._h_search_persons),
+            r("/api/v2/persons/{id:int}", "PATCH", self._h_patch_person),
+            r("/api/v2/personFields", "GET", self._h_person_fields),
             r("/api/v2/activities", "GET", self._h_list_activities),
             r("/api/v2/activities", "POST", self._h_add_activity),
             r("/api/v2/activities/{id:int}", "PATCH", self._h_patch_activity),
@@ -271,6 +326,13 @@ class PipedriveEmulator(Emulator):
             r("/v1/users", "GET", self._h_users),
             r("/v1/users/me", "GET", self._h_me),
             r("/v1/deals/{id:int}/flow", "GET", self._h_flow),
+            r("/v1/deals/{id:int}/participants", "GET", self._h_participants),
+            r("/v1/deals/{id:int}/participants", "POST", self._h_add_participant),
+            r(
+                "/v1/deals/{id:int}/participants/{pid:int}",
+                "DELETE",
+                self._h_delete_participant,
+            ),
             r("/v1/webhooks", "GET", self._h_list_webhooks),
             r("/v1/webhooks", "POST", self._h_add_webhook),
             r("/v1/webhooks/{id:int}", "DELETE", self._h_delete_webhook),
@@ -326,11 +388,23 @@ class PipedriveEmulator(Emulator):
             wanted = {_int(x, "ids") for x in q["ids"].split(",") if x}
             rows = [d for d in rows if d["id"] in wanted]
         rows = _time_window(rows, q)
-        return self._paged(rows, q, _deal_view)
+        return self._paged(rows, q, self._deal_view_for(q))
 
     def _h_get_deal(self, request: Request, user: int, _: Any) -> Row:
         deal = self._live_deal(request.path_params["id"])
-        return {"success": True, "data": _deal_view(deal)}
+        return {"success": True, "data": self._deal_view_for(request.query_params)(deal)}
+
+    def _deal_view_for(self, q: Mapping[str, str]) -> Callable[[Row], Row]:
+        """The deal view with the ``include_fields`` asked for (``participants_count``)."""
+        wanted = set((q.get("include_fields") or "").split(","))
+        if "participants_count" not in wanted:
+            return _deal_view
+
+        def view(deal: Row) -> Row:
+            count = len(self._deal_participants.get(deal["id"], ()))
+            return {**_deal_view(deal), "participants_count": count}
+
+        return view
 
     def _h_add_deal(self, request: Request, user: int, body: Row) -> Row:
         if not isinstance(body.get("title"), str) or not body["title"].strip():
@@ -488,6 +562,51 @@ class PipedriveEmulator(Emulator):
             raise ApiError(400, "Validation failed: name: Required")
         return {"success": True, "data": self._create_person(body)}
 
+    def _h_patch_person(self, request: Request, user: int, body: Row) -> Row:
+        return {"success": True, "data": self._update_person(request.path_params["id"], body)}
+
+    def _h_search_persons(self, request: Request, user: int, _: Any) -> Row:
+        q = request.query_params
+        term = q.get("term", "")
+        if len(term) < 2:
+            raise ApiError(400, "Search term must be at least 2 characters long")
+        exact = q.get("exact_match") == "true"
+        fields = set((q.get("fields") or "name,email,phone,notes,custom_fields").split(","))
+        org_id = _int(q["organization_id"], "organization_id") if "organization_id" in q else None
+        items = []
+        for p in self.persons.values():
+            if p["is_deleted"] or (org_id is not None and p.get("org_id") != org_id):
+                continue
+            emails = [e["value"] for e in p["emails"]]
+            hit = ("name" in fields and _matches(p["name"], term, exact)) or (
+                "email" in fields and any(_matches(e, term, exact) for e in emails)
+            )
+            if not hit:
+                continue
+            item: Row = {
+                "id": p["id"],
+                "type": "person",
+                "name": p["name"],
+                "phones": [x["value"] for x in p["phones"]],
+                "emails": emails,
+                "visible_to": p["visible_to"],
+                "owner": {"id": p["owner_id"]},
+                "custom_fields": [],
+                "notes": [],
+            }
+            org = self.organizations.get(p.get("org_id") or 0)
+            if org is not None:  # the spec's organization is an object, never null
+                item["organization"] = {"id": org["id"], "name": org["name"], "address": None}
+            items.append({"result_score": 1.0 if exact else 0.5, "item": item})
+        page = self._paged(items, q, lambda x: x, key=lambda x: (x["item"]["id"],))
+        return {"success": True, "data": {"items": page["data"]}, **_rest(page)}
+
+    def _h_person_fields(self, request: Request, user: int, _: Any) -> Row:
+        rows = [{**f, "_order": i} for i, f in enumerate(self.person_fields)]
+        return self._paged(
+            rows, request.query_params, _strip_order, key=lambda f: (f["_order"],), sortable=False
+        )
+
     # ------------------------------------------------------------------ handlers: activities
 
     def _h_list_activities(self, request: Request, user: int, _: Any) -> Row:
@@ -569,6 +688,109 @@ class PipedriveEmulator(Emulator):
             "data": page,
             "additional_data": {"start": start, "limit": limit, "more_items_in_collection": more},
             "related_objects": related,
+        }
+
+    def _h_participants(self, request: Request, user: int, _: Any) -> Row:
+        q = request.query_params
+        deal_id = request.path_params["id"]
+        self._live_deal(deal_id)
+        start = _int(q.get("start", "0"), "start")
+        limit = min(_int(q.get("limit", str(DEFAULT_LIMIT)), "limit"), MAX_LIMIT)
+        ids = self._deal_participants.get(deal_id, [])
+        page = [self._participant_view(self.participants[i]) for i in ids[start : start + limit]]
+        more = start + limit < len(ids)
+        return {
+            "success": True,
+            "data": page,
+            "additional_data": {"start": start, "limit": limit, "more_items_in_collection": more},
+        }
+
+    def _h_add_participant(self, request: Request, user: int, body: Row) -> Row:
+        deal_id = request.path_params["id"]
+        self._live_deal(deal_id)
+        person_id = body.get("person_id")
+        if not isinstance(person_id, int) or isinstance(person_id, bool):
+            raise ApiError(400, "Validation failed: person_id: Required")
+        part = self._add_participant(deal_id, person_id, user)
+        return {"success": True, "data": self._participant_view(part)}
+
+    def _h_delete_participant(self, request: Request, user: int, _: Any) -> Row:
+        deal_id, pid = request.path_params["id"], request.path_params["pid"]
+        self._live_deal(deal_id)
+        self._delete_participant(deal_id, pid, user)
+        return {"success": True, "data": {"id": pid}}
+
+    def _participant_view(self, part: Row) -> Row:
+        """A participant as v1 lists it: the person twice (``person_id`` and ``person``)."""
+        person = self.persons[part["person_id"]]
+        deal = self.deals[part["deal_id"]]
+        owner = self.users.get(person["owner_id"]) or {}
+        org = self.organizations.get(person.get("org_id") or 0)
+        emails = [
+            {"label": e["label"], "value": e["value"], "primary": e["primary"]}
+            for e in person["emails"]
+        ]
+        phones = [
+            {"label": x.get("label", "work"), "value": x["value"], "primary": x["primary"]}
+            for x in person["phones"]
+        ]
+        active = not person["is_deleted"]
+        return {
+            "id": part["id"],
+            "person_id": {
+                "active_flag": active,
+                "name": person["name"],
+                "email": emails,
+                "phone": phones,
+                "owner_id": person["owner_id"],
+                "value": person["id"],
+            },
+            "add_time": part["add_time"],
+            "active_flag": True,
+            "related_item_data": {"deal_id": deal["id"], "title": deal["title"]},
+            "person": {
+                "id": person["id"],
+                "company_id": 7001,
+                "owner_id": {
+                    "id": person["owner_id"],
+                    "name": owner.get("name", ""),
+                    "email": owner.get("email", ""),
+                    "has_pic": 0,
+                    "pic_hash": None,
+                    "active_flag": True,
+                    "value": person["owner_id"],
+                },
+                "org_id": (
+                    {
+                        "name": org["name"],
+                        "owner_id": org["owner_id"],
+                        "address": None,
+                        "active_flag": not org["is_deleted"],
+                        "cc_email": None,
+                        "value": org["id"],
+                    }
+                    if org
+                    else None
+                ),
+                "name": person["name"],
+                "first_name": person["first_name"],
+                "last_name": person["last_name"],
+                "active_flag": active,
+                "phone": phones,
+                "email": emails,
+                "first_char": person["name"][:1].lower(),
+                "add_time": _v1_of(person["add_time"]),
+                "update_time": _v1_of(person["update_time"]),
+                "visible_to": str(person["visible_to"]),
+                "picture_id": None,
+                "label": None,
+                "label_ids": list(person["label_ids"]),
+                "org_name": org["name"] if org else None,
+                "owner_name": owner.get("name", ""),
+                "cc_email": None,
+            },
+            "related_item_type": "deal",
+            "related_item_id": deal["id"],
         }
 
     def _h_list_webhooks(self, request: Request, user: int, _: Any) -> Row:
@@ -667,8 +889,9 @@ class PipedriveEmulator(Emulator):
         self._ids[kind] = self._ids.get(kind, 0) + 1
         return self._ids[kind]
 
-    def _field(self, key: str) -> Row:
-        for f in self.deal_fields:
+    def _field(self, key: str, fields: list[Row] | None = None) -> Row:
+        """A deal field (or one of ``fields``) by its code."""
+        for f in self.deal_fields if fields is None else fields:
             if f["field_code"] == key:
                 return f
         raise KeyError(key)
@@ -720,6 +943,7 @@ class PipedriveEmulator(Emulator):
         self._apply(deal, changes, now)
         self.deals[deal["id"]] = deal
         self.flow[deal["id"]] = []
+        self._contact_participates(deal, now)
         self._notify("deal", "create", deal["id"], _deal_view(deal), None, user, source)
         return deal
 
@@ -730,6 +954,7 @@ class PipedriveEmulator(Emulator):
         now_dt = self.clock()
         now = ts(now_dt)
         self._apply(deal, changes, now)
+        self._contact_participates(deal, now)
         changed = {k for k in _FLOW_KEYS if before.get(k) != deal.get(k)}
         changed |= {
             k for k, v in deal["custom_fields"].items() if before["custom_fields"].get(k) != v
@@ -742,6 +967,49 @@ class PipedriveEmulator(Emulator):
             previous = {k: _value_of(before, k) for k in changed}
             self._notify("deal", "change", deal_id, _deal_view(deal), previous, user, source)
         return deal
+
+    def _contact_participates(self, deal: Row, now: str) -> None:
+        """The deal's contact person is one of its participants (Pipedrive counts it in
+        ``participants_count``); a contact replaced stays a participant."""
+        person_id = deal.get("person_id")
+        ids = self._deal_participants.setdefault(deal["id"], [])
+        if person_id is None or any(self.participants[i]["person_id"] == person_id for i in ids):
+            return
+        part: Row = {"id": self._next("participant"), "deal_id": deal["id"], "person_id": person_id}
+        part["add_time"] = _v1_of(now)
+        self.participants[part["id"]] = part
+        ids.append(part["id"])
+
+    def _add_participant(self, deal_id: int, person_id: int, user: int) -> Row:
+        deal = self._live_deal(deal_id)
+        person = self.persons.get(person_id)
+        if person is None or person["is_deleted"]:
+            raise ApiError(400, f"Validation failed: person_id: {person_id!r} not found")
+        ids = self._deal_participants.setdefault(deal_id, [])
+        if any(self.participants[i]["person_id"] == person_id for i in ids):
+            raise ApiError(400, "The person is already a participant of this deal")
+        now_dt = self.clock()
+        part: Row = {"id": self._next("participant"), "deal_id": deal_id, "person_id": person_id}
+        part["add_time"] = v1_ts(now_dt)
+        self.participants[part["id"]] = part
+        ids.append(part["id"])
+        self._participants_touched(deal, user, now_dt)
+        return part
+
+    def _delete_participant(self, deal_id: int, participant_id: int, user: int) -> None:
+        deal = self._live_deal(deal_id)
+        ids = self._deal_participants.get(deal_id, [])
+        if participant_id not in ids:
+            raise ApiError(404, "Participant not found")
+        ids.remove(participant_id)
+        del self.participants[participant_id]
+        self._participants_touched(deal, user, self.clock())
+
+    def _participants_touched(self, deal: Row, user: int, at: datetime) -> None:
+        """Participants are part of the deal (``participants_count``): a change moves its
+        update time and is a deal change for webhooks."""
+        deal["update_time"] = ts(at)
+        self._notify("deal", "change", deal["id"], _deal_view(deal), {}, user, "app")
 
     def _delete_deal(self, deal_id: int, user: int) -> None:
         deal = self._live_deal(deal_id)
@@ -810,9 +1078,9 @@ class PipedriveEmulator(Emulator):
             out["stage_id"] = min(stages, key=lambda s: s["order_nr"])["id"]
         return out
 
-    def _check_custom(self, key: str, value: Any) -> Any:
+    def _check_custom(self, key: str, value: Any, fields: list[Row] | None = None) -> Any:
         try:
-            f = self._field(key)
+            f = self._field(key, fields)
         except KeyError:
             raise ApiError(400, f"Validation failed: unknown custom field {key}") from None
         if value is None:
@@ -896,35 +1164,87 @@ class PipedriveEmulator(Emulator):
         return org
 
     def _create_person(self, body: Mapping[str, Any]) -> Row:
+        changes = self._check_person({k: v for k, v in body.items() if k != "id"})
+        if "name" not in changes:
+            raise ApiError(400, "Validation failed: name: Required")
         now = ts(self.clock())
-        name = str(body["name"]).strip()
-        first, _, last = name.partition(" ")
-        emails = body.get("emails") or []
+        first, _, last = changes["name"].partition(" ")
         person: Row = {
             "id": self._next("person"),
-            "name": name,
+            "name": changes["name"],
             "first_name": first,
             "last_name": last,
-            "owner_id": body.get("owner_id") or 1,
-            "org_id": body.get("org_id"),
+            "owner_id": 1,
+            "org_id": None,
             "add_time": now,
             "update_time": now,
-            "emails": [
-                {
-                    "value": e["value"],
-                    "primary": bool(e.get("primary", i == 0)),
-                    "label": e.get("label", "work"),
-                }
-                for i, e in enumerate(emails)
-            ],
+            "emails": [],
             "phones": [],
             "is_deleted": False,
             "visible_to": 3,
             "label_ids": [],
-            "custom_fields": {},
-            "job_title": body.get("job_title") or "",
+            "custom_fields": {f["field_code"]: None for f in self.person_fields},
+            "job_title": "",
         }
+        person["custom_fields"].update(changes.pop("custom_fields", {}))
+        person.update(changes)
         self.persons[person["id"]] = person
+        return person
+
+    def _check_person(self, body: Mapping[str, Any]) -> Row:
+        """Validated person changes of ``body`` (v2 shape), or ApiError(400) naming the field."""
+        out: Row = {}
+        for key, value in body.items():
+            if key == "name":
+                if not isinstance(value, str) or not value.strip():
+                    raise ApiError(400, "Validation failed: name: must not be empty")
+                out[key] = value.strip()
+            elif key in ("emails", "phones"):
+                if not isinstance(value, list) or not all(
+                    isinstance(e, dict) and isinstance(e.get("value"), str) for e in value
+                ):
+                    raise ApiError(400, f"Validation failed: {key}: a list of {{value}} objects")
+                primary = [bool(e.get("primary", False)) for e in value]
+                if value and not any(primary):
+                    primary[0] = True
+                out[key] = [
+                    {"value": e["value"], "primary": p, "label": e.get("label") or "work"}
+                    for e, p in zip(value, primary, strict=True)
+                ]
+            elif key == "job_title":
+                if value is not None and not isinstance(value, str):
+                    raise ApiError(400, "Validation failed: job_title: must be a string")
+                out[key] = value or ""
+            elif key in ("org_id", "owner_id"):
+                table: Mapping[int, Row] = self.organizations if key == "org_id" else self.users
+                if value is None and key == "org_id":
+                    out[key] = None
+                elif not isinstance(value, int) or value not in table:
+                    raise ApiError(400, f"Validation failed: {key}: {value!r} not found")
+                else:
+                    out[key] = value
+            elif key == "custom_fields":
+                if not isinstance(value, dict):
+                    raise ApiError(400, "custom_fields must be an object")
+                out[key] = {
+                    k: self._check_custom(k, v, self.person_fields) for k, v in value.items()
+                }
+            elif key in ("visible_to", "label_ids", "first_name", "last_name"):
+                out[key] = value
+            else:
+                raise ApiError(400, f"Validation failed: unknown field {key!r}")
+        return out
+
+    def _update_person(self, person_id: int, body: Mapping[str, Any]) -> Row:
+        person = self.persons.get(person_id)
+        if person is None or person["is_deleted"]:
+            raise ApiError(404, "Person not found")
+        changes = self._check_person(body)
+        person["custom_fields"].update(changes.pop("custom_fields", {}))
+        person.update(changes)
+        if "name" in changes and not {"first_name", "last_name"} & set(changes):
+            person["first_name"], _, person["last_name"] = changes["name"].partition(" ")
+        person["update_time"] = ts(self.clock())
         return person
 
     def _create_activity(self, body: Mapping[str, Any], user: int) -> Row:
@@ -1149,6 +1469,9 @@ class PipedriveEmulator(Emulator):
         self.deal_fields = [_standard_field(*f) for f in _STANDARD_FIELDS]
         for name, kind, labels in seeds.CUSTOM_DEAL_FIELDS:
             self.add_deal_field(name, kind, labels)
+        self.person_fields = [_person_field(*f) for f in _STANDARD_PERSON_FIELDS]
+        for name, kind, labels in seeds.CUSTOM_PERSON_FIELDS:
+            self.add_person_field(name, kind, labels)
 
     def add_deal_field(self, name: str, field_type: str, labels: Iterable[str] = ()) -> str:
         """Add a custom deal field (as an admin would); returns its 40-hex field code."""
@@ -1165,6 +1488,30 @@ class PipedriveEmulator(Emulator):
             for deal in self.deals.values():
                 deal["custom_fields"].setdefault(code, None)
             return code
+
+    def add_person_field(self, name: str, field_type: str, labels: Iterable[str] = ()) -> str:
+        """Add a custom person field (as an admin would); returns its 40-hex field code."""
+        if field_type not in _FIELD_TYPES:
+            raise ValueError(f"unsupported field type {field_type!r}")
+        with self.lock:
+            code = seeds.field_hash(f"person:{name}")
+            options = [
+                {"id": self._next("option"), "label": label, "color": None} for label in labels
+            ]
+            field = _person_field(code, name, field_type)
+            field.update(is_custom_field=True, options=options or None)
+            self.person_fields.append(field)
+            for person in self.persons.values():
+                person["custom_fields"].setdefault(code, None)
+            return code
+
+    def remove_person_field(self, name: str) -> None:
+        """Delete a custom person field (as an admin would), values and all."""
+        with self.lock:
+            code = self.person_field_key(name)
+            self.person_fields = [f for f in self.person_fields if f["field_code"] != code]
+            for person in self.persons.values():
+                person["custom_fields"].pop(code, None)
 
     def _load_seed(self, generated: int) -> None:
         with self.lock:
@@ -1191,17 +1538,9 @@ class PipedriveEmulator(Emulator):
                     if name not in orgs:
                         orgs[name] = self._create_org({"name": name})["id"]
                     body["org_id"] = orgs[name]
-                if item["person"]:
-                    p = item["person"]
-                    emails = [{"value": p["email"], "primary": True}] if p["email"] else []
-                    body["person_id"] = self._create_person(
-                        {
-                            "name": p["name"],
-                            "emails": emails,
-                            "job_title": p["job_title"],
-                            "org_id": body.get("org_id"),
-                        }
-                    )["id"]
+                people = [self._seed_person(p, body.get("org_id")) for p in item["people"]]
+                if people:
+                    body["person_id"] = people[0]
                 custom = {}
                 for fname, value in item["custom"].items():
                     if value is None:
@@ -1213,8 +1552,21 @@ class PipedriveEmulator(Emulator):
                 if body.get("status") != "lost":
                     body.pop("lost_reason", None)
                 deal = self._create_deal(body, body["owner_id"], source="app")
+                for person_id in people[1:]:
+                    self._add_participant(deal["id"], person_id, body["owner_id"])
                 for a in item["activities"]:
                     self._create_activity({**a, "deal_id": deal["id"]}, body["owner_id"])
+
+    def _seed_person(self, p: Mapping[str, Any], org_id: int | None) -> int:
+        """A generated stakeholder as a person, role and attitude in the person fields."""
+        custom = {}
+        for fname, key in (("Deal role", "role"), ("Attitude", "attitude")):
+            if p.get(key):
+                custom[self.person_field_key(fname)] = self.person_option_id(fname, p[key])
+        emails = [{"value": p["email"], "primary": True}] if p.get("email") else []
+        body = {"name": p["name"], "emails": emails, "job_title": p.get("job_title"),
+                "org_id": org_id, "custom_fields": custom}  # fmt: skip
+        return int(self._create_person(body)["id"])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1255,6 +1607,28 @@ _STANDARD_FIELDS = [
     ("stage_change_time", "Last stage change", "date"),
     ("close_time", "Deal closed on", "date"),
 ]
+
+
+# (field_code, field_name, field_type) of Pipedrive's standard person fields (a selection)
+_STANDARD_PERSON_FIELDS = [
+    ("name", "Name", "varchar"),
+    ("org_id", "Organization", "org"),
+    ("emails", "Email", "varchar"),
+    ("phones", "Phone", "phone"),
+    ("job_title", "Job title", "varchar"),
+    ("owner_id", "Owner", "user"),
+]
+
+
+def _person_field(code: str, name: str, field_type: str) -> Row:
+    field = _standard_field(code, name, field_type)
+    field.update(description=f"The {name.lower()} of the person", subfields=None)
+    return field
+
+
+def _v1_of(v2_time: str) -> str:
+    """A stored (v2, RFC 3339) time in v1's ``YYYY-MM-DD HH:MM:SS`` form."""
+    return v2_time.replace("T", " ").removesuffix("Z")
 
 
 def _standard_field(code: str, name: str, field_type: str) -> Row:

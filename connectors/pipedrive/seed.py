@@ -72,6 +72,16 @@ CUSTOM_DEAL_FIELDS: list[tuple[str, str, list[str]]] = [
     ("Kick-off date", "date", []),
 ]
 
+# (name, field_type, option labels): the person fields holding a stakeholder's role and
+# attitude, which Pipedrive has no standard field for; an admin adds them as the connector's
+# docstring says (its `role_field` and `attitude_field` settings name them). Generated: the
+# labels are the canonical roles and attitudes, written as words.
+CUSTOM_PERSON_FIELDS: list[tuple[str, str, list[str]]] = [
+    ("Deal role", "enum", ["Decision maker", "Economic buyer", "Influencer", "Champion", "User",
+                           "Technical buyer", "Blocker", "Other"]),
+    ("Attitude", "enum", ["Supportive", "Neutral", "Opposed", "Unknown"]),
+]  # fmt: skip
+
 SPEC_ORGANIZATION = {"id": 1, "name": "Organization Name", "owner_id": 1}
 SPEC_PERSON = {
     "id": 1,
@@ -115,8 +125,11 @@ _PRIORITY = {"low": "Low", "medium": "Medium", "high": "High", "critical": "High
 def generated_deals(count: int, seed: int = 7) -> list[dict[str, Any]]:
     """``count`` opportunities from :mod:`bridge.demo_data`, as seed deals (generated).
 
-    Each is ``{"deal": {...}, "pipeline", "stage", "organization", "person", "custom":
+    Each is ``{"deal": {...}, "pipeline", "stage", "organization", "people", "custom":
     {field name: label or value}, "activities": [...]}``; the emulator resolves names to ids.
+    ``people`` are the project's stakeholders (name, email, job_title, and role and attitude as
+    labels of :data:`CUSTOM_PERSON_FIELDS`, None when unknown): the first is the deal's contact
+    person, the others its participants.
     """
     from bridge.demo_data import DemoOptions, generate
 
@@ -139,18 +152,23 @@ def generated_deals(count: int, seed: int = 7) -> list[dict[str, Any]]:
             deal["currency"] = p.amount.currency
         if deal["status"] == "lost":
             deal["lost_reason"] = p.lost_reason or "Price"
-        people = list(p.stakeholders)[:1]
+        people = [
+            {
+                "name": s.name,
+                "email": s.email,
+                "job_title": s.title,
+                "role": None if s.role == "other" else _label(s.role),
+                "attitude": None if s.attitude == "unknown" else _label(s.attitude),
+            }
+            for s in p.stakeholders
+        ]
         out.append(
             {
                 "deal": deal,
                 "pipeline": pipeline,
                 "stage": stage,
                 "organization": p.customer.name if p.customer else None,
-                "person": (
-                    {"name": people[0].name, "email": people[0].email, "job_title": people[0].title}
-                    if people
-                    else None
-                ),
+                "people": people,
                 "custom": {
                     "Priority": _PRIORITY.get(str(p.priority), "Medium"),
                     "Project number": p.code,
@@ -170,3 +188,8 @@ def generated_deals(count: int, seed: int = 7) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _label(value: str) -> str:
+    """A canonical value as an option label: ``economic_buyer`` -> ``Economic buyer``."""
+    return value.replace("_", " ").capitalize()
