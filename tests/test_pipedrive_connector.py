@@ -6,6 +6,7 @@ so every change gets its own time without the tests sleeping.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Iterator, Mapping
@@ -19,7 +20,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bridge.emulator import EmulatorServer
-from bridge.errors import AuthError, RateLimited, RetriableError, SkippableRecord, StaleVersion
+from bridge.errors import (
+    AuthError,
+    FatalError,
+    RateLimited,
+    RetriableError,
+    SkippableRecord,
+    StaleVersion,
+)
 from bridge.http import Auth, HttpClient, RetryPolicy
 from connectors.base import Connector, Cursor, Page, RemoteRecord
 from connectors.memory import SteppingClock
@@ -172,7 +180,8 @@ def test_no_change_incremental_pull_costs_one_request(
 
 def test_full_pull_request_counts(emulator: PipedriveEmulator, token: str) -> None:
     """A census of 1,001 deals: 3 deal pages (500 each), one activity listing, one
-    organizations and one persons request per 100 ids of each deal page, metadata once."""
+    organizations and one persons request per 100 ids of each deal page, metadata once. The
+    deals' only participant is their contact person: no participants request."""
     orgs = [emulator.add_organization(f"Org {i}") for i in range(3)]
     person = emulator.add_person("Wang Fang", emails=[{"value": "wang@example.com"}])
     for i in range(1001):
@@ -189,8 +198,9 @@ def test_full_pull_request_counts(emulator: PipedriveEmulator, token: str) -> No
         assert c.count("GET", "/api/v2/persons") == 3
         metadata = c.count("GET", "/v1/users") + c.count("GET", "/api/v2/pipelines")
         metadata += c.count("GET", "/api/v2/stages") + c.count("GET", "/api/v2/dealFields")
-        assert metadata == 4
-        assert c.count() == 3 + 1 + 3 + 3 + 4
+        metadata += c.count("GET", "/api/v2/personFields")
+        assert metadata == 5
+        assert c.count() == 3 + 1 + 3 + 3 + 5
         acted = [r for r in records if r.fields["actions"] or r.fields["next_steps"]]
         assert len(acted) == 5
         c.reset()
@@ -216,6 +226,20 @@ def test_incremental_pull_fetches_activities_per_changed_deal(
             }
         ]
         assert [e.path for e in emulator.controls.log] == ["/api/v2/deals", "/api/v2/activities"]
+
+
+def test_an_activity_added_to_the_last_deal_read_is_not_dropped(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    """The cursor keeps the deals read at its second to drop them when listed again; the same
+    deal listed later with unchanged data (an activity changed only its time) is new."""
+    deal = emulator.add_deal(title="Acme")
+    with make_connector(emulator) as conn:
+        _, cursor = pull_all(conn, Cursor(), emulator.clock())
+        assert f"|{deal}:" in (cursor.get("") or ""), "the deal is the cursor's boundary"
+        emulator.add_activity(deal, subject="Call back", due_date="2024-04-01")
+        records, _ = pull_all(conn, cursor, emulator.clock())
+        assert [[n["what"] for n in r.fields["next_steps"]] for r in records] == [["Call back"]]
 
 
 def test_pipelines_setting_pulls_one_partition_per_pipeline(
@@ -487,3 +511,239 @@ def test_a_deal_created_with_next_steps_has_them(emulator: PipedriveEmulator, to
         )
         assert created.fields["next_steps"] == [step]
         assert created.stamp == "prj-0001"
+
+
+# --------------------------------------------------------------------------- stakeholders
+
+ROLE, ATTITUDE = "Deal role", "Attitude"
+
+
+def person_with(emu: PipedriveEmulator, name: str, email: str | None = None, **extra: Any) -> int:
+    """A person in Pipedrive; ``role`` / ``attitude`` given as option labels."""
+    custom = {}
+    for field, key in ((ROLE, "role"), (ATTITUDE, "attitude")):
+        if key in extra:
+            custom[emu.person_field_key(field)] = emu.person_option_id(field, extra.pop(key))
+    emails = [{"value": email, "primary": True}] if email else []
+    return emu.add_person(name, emails=emails, custom_fields=custom, **extra)
+
+
+def stakeholder(name: str, email: str | None = None, title: str | None = None,
+                role: str = "other", attitude: str = "unknown") -> dict[str, Any]:  # fmt: skip
+    return {"name": name, "title": title, "role": role, "attitude": attitude, "email": email}
+
+
+def test_participants_read_as_stakeholders_contact_person_first(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    org = emulator.add_organization("Acme Ltd")
+    wang = person_with(emulator, "Wang Fang", "wang@acme.example", job_title="CIO", org_id=org,
+                       role="Decision maker", attitude="Supportive")  # fmt: skip
+    ana = person_with(emulator, "Ana Lima", "ana@acme.example", role="Economic buyer")
+    bo = person_with(emulator, "Bo Chen", attitude="Opposed")
+    busy = emulator.add_deal(title="Busy", org_id=org)
+    emulator.add_participant(busy, ana)
+    emulator.add_participant(busy, wang)
+    emulator.add_participant(busy, bo)
+    emulator.edit_deal(busy, person_id=wang)  # the contact reads first, wherever it was added
+    alone = emulator.add_deal(title="Alone", person_id=ana)
+    nobody = emulator.add_deal(title="Nobody")
+    with make_connector(emulator) as conn:
+        conn.check()
+        emulator.controls.reset()
+        records, _ = pull_all(conn, Cursor(), emulator.clock(), full=True)
+        got = {r.ref: r.fields["stakeholders"] for r in records}
+        assert got[str(busy)] == [
+            stakeholder("Wang Fang", "wang@acme.example", "CIO", "decision_maker", "supportive"),
+            stakeholder("Ana Lima", "ana@acme.example", role="economic_buyer"),
+            stakeholder("Bo Chen", attitude="opposed"),
+        ]
+        ana_only = stakeholder("Ana Lima", "ana@acme.example", role="economic_buyer")
+        assert got[str(alone)] == [ana_only]
+        assert got[str(nobody)] == []
+        # Only the deal with people besides its contact person costs a participants request.
+        c = emulator.controls
+        assert [e.path for e in c.log if "participants" in e.path] == [
+            f"/v1/deals/{busy}/participants"
+        ]
+        assert dict(c.log[0].params)["include_fields"] == "participants_count"
+        assert c.count("GET", "/api/v2/persons") == 1
+
+
+def test_a_participant_added_in_pipedrive_is_an_incremental_change(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    deal = emulator.add_deal(title="Acme", person_id=person_with(emulator, "Wang Fang"))
+    with make_connector(emulator) as conn:
+        _, cursor = pull_all(conn, Cursor(), emulator.clock())
+        emulator.add_participant(deal, person_with(emulator, "Ana Lima", role="Champion"))
+        records, cursor = pull_all(conn, cursor, emulator.clock())
+        assert [[s["name"] for s in r.fields["stakeholders"]] for r in records] == [
+            ["Wang Fang", "Ana Lima"]
+        ]
+        emulator.remove_participant(deal, emulator.participants_of(deal)[1])
+        records, _ = pull_all(conn, cursor, emulator.clock())
+        assert [[s["name"] for s in r.fields["stakeholders"]] for r in records] == [["Wang Fang"]]
+
+
+def test_stakeholders_are_written_as_participants_and_read_back_unchanged(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    org = emulator.add_organization("Acme Ltd")
+    wang = person_with(emulator, "Wang Fang", "wang@acme.example", org_id=org, job_title="CIO")
+    known = person_with(emulator, "Ana Lima", "ANA@acme.example", job_title="CFO")
+    deal = emulator.add_deal(title="Acme", org_id=org, person_id=wang)
+    people = [
+        stakeholder("Wang Fang", "wang@acme.example", "CIO", "decision_maker", "supportive"),
+        stakeholder("Ana Lima", "ana@acme.example", "CFO", "economic_buyer", "neutral"),
+        stakeholder("Bo Chen", None, "Engineer", "user"),
+        stakeholder("Cai Yun", "cai@partner.example", None, "blocker", "opposed"),
+    ]
+    with make_connector(emulator) as conn:
+        record = conn.update(str(deal), {"stakeholders": people}, expected_version=None)
+        assert record.fields["stakeholders"] == people
+        got = conn.get(str(deal))
+        assert got is not None and got.fields["stakeholders"] == people
+        assert got.version == record.version
+        # Ana was found by e-mail (no second Ana); Bo and Cai are new, in the deal's org.
+        assert sum(p["name"] == "Ana Lima" for p in emulator.persons.values()) == 1
+        ids = emulator.participants_of(deal)
+        assert ids[:2] == [wang, known]
+        bo, cai = (emulator.person(i) for i in ids[2:])
+        assert (bo["name"], bo["org_id"], bo["job_title"]) == ("Bo Chen", org, "Engineer")
+        role = emulator.person_field_key(ROLE)
+        assert cai["custom_fields"][role] == emulator.person_option_id(ROLE, "Blocker")
+        assert emulator.person(wang)["custom_fields"][role] == emulator.person_option_id(
+            ROLE, "Decision maker"
+        )
+
+        # Written again: nothing changes, not even the version.
+        log = len(emulator.controls.log)
+        again = conn.update(str(deal), {"stakeholders": people}, expected_version=record.version)
+        writes = [e for e in emulator.controls.log[log:] if e.method != "GET"]
+        assert writes == [] and again.version == record.version
+
+        # Bo leaves, Cai moves ahead of Ana, Wang's title changes; Cai becomes the contact.
+        people = [people[3], {**people[0], "title": "CEO"}, people[1]]
+        record = conn.update(str(deal), {"stakeholders": people}, expected_version=again.version)
+        assert record.fields["stakeholders"] == people
+        assert emulator.deal(deal)["person_id"] == cai["id"]
+        assert emulator.person(wang)["job_title"] == "CEO"
+        assert emulator.persons[bo["id"]]["is_deleted"] is False, "a person is never deleted"
+        assert [s["name"] for s in conn.get(str(deal)).fields["stakeholders"]] == [  # type: ignore[union-attr]
+            "Cai Yun", "Wang Fang", "Ana Lima"
+        ]  # fmt: skip
+
+        record = conn.update(str(deal), {"stakeholders": []}, expected_version=record.version)
+        assert record.fields["stakeholders"] == []
+        assert emulator.deal(deal)["person_id"] is None
+        assert emulator.participants_of(deal) == []
+
+
+def test_a_deal_created_with_stakeholders_has_them(emulator: PipedriveEmulator, token: str) -> None:
+    people = [stakeholder("Wang Fang", "wang@acme.example", "CIO", "champion", "supportive"),
+              stakeholder("Ana Lima", "ana@acme.example", None, "influencer")]  # fmt: skip
+    with make_connector(emulator) as conn:
+        created = conn.create(
+            {"title": "New", "organization": "Acme Ltd", "stakeholders": people}, stamp=new_stamp()
+        )
+        assert created.fields["stakeholders"] == people
+        deal = emulator.deal(int(created.ref))
+        assert emulator.persons[deal["person_id"]]["org_id"] == deal["org_id"]
+        got = conn.get(created.ref)
+        assert got is not None and got.version == created.version
+
+
+def test_a_stale_stakeholders_write_changes_nothing(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    deal = emulator.add_deal(title="Acme", person_id=person_with(emulator, "Wang Fang"))
+    with make_connector(emulator) as conn:
+        before = conn.get(str(deal))
+        assert before is not None
+        emulator.edit_deal(deal, user_id=2, title="Acme, renamed")
+        persons = len(emulator.persons)
+        with pytest.raises(StaleVersion):
+            conn.update(
+                str(deal),
+                {"stakeholders": [stakeholder("Ana Lima", "ana@acme.example")]},
+                expected_version=before.version,
+            )
+        assert len(emulator.persons) == persons
+        assert len(emulator.participants_of(deal)) == 1
+
+
+def test_a_missing_role_field_fails_with_advice_unless_turned_off(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    ana = person_with(emulator, "Ana Lima", attitude="Supportive")
+    deal = emulator.add_deal(title="Acme", person_id=ana)
+    emulator.remove_person_field(ROLE)
+    with make_connector(emulator) as conn:
+        assert "Deal role" in conn.check()
+        with pytest.raises(FatalError, match=r"role_field = 'Deal role'.*Data fields > Person"):
+            pull_all(conn, Cursor(), emulator.clock(), full=True)
+        with pytest.raises(FatalError, match="role_field"):
+            conn.update(str(deal), {"stakeholders": []}, expected_version=None)
+        assert emulator.participants_of(deal) == [ana], "refused before writing anything"
+    with make_connector(emulator, role_field="") as conn:
+        records, _ = pull_all(conn, Cursor(), emulator.clock(), full=True)
+        assert records[0].fields["stakeholders"] == [stakeholder("Ana Lima", attitude="supportive")]
+        wanted = [stakeholder("Ana Lima", role="champion", attitude="neutral")]
+        written = conn.update(str(deal), {"stakeholders": wanted}, expected_version=None)
+        assert written.fields["stakeholders"] == [stakeholder("Ana Lima", attitude="neutral")]
+
+
+def test_a_mapping_without_stakeholders_reads_no_people(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    emulator.add_deal(title="Acme", person_id=person_with(emulator, "Wang Fang"))
+    emulator.remove_person_field(ROLE)  # not needed: not required either
+    with make_connector(emulator) as conn:
+        conn.select(["title", "stage"])
+        records, _ = pull_all(conn, Cursor(), emulator.clock(), full=True)
+        assert "stakeholders" not in records[0].fields
+        assert emulator.controls.count("GET", "/api/v2/persons") == 0
+        assert emulator.controls.count("GET", "/api/v2/personFields") == 0
+
+
+def test_a_push_is_the_version_read_and_the_patch(emulator: PipedriveEmulator, token: str) -> None:
+    """The PATCH answer carries the new version; organization, people and activities of the
+    record returned are read only when looked at."""
+    org = emulator.add_organization("Acme Ltd")
+    deal = emulator.add_deal(title="Acme", org_id=org, person_id=person_with(emulator, "Wang"))
+    emulator.add_activity(deal, subject="Call", due_date="2024-04-01")
+    with make_connector(emulator) as conn:
+        before = conn.get(str(deal))
+        assert before is not None
+        emulator.controls.reset()
+        record = conn.update(str(deal), {"title": "Acme 2"}, expected_version=before.version)
+        assert [(e.method, e.path) for e in emulator.controls.log] == [
+            ("GET", f"/api/v2/deals/{deal}"),
+            ("PATCH", f"/api/v2/deals/{deal}"),
+        ]
+        assert record.fields["title"] == "Acme 2"
+        assert emulator.controls.count() == 2, "the deal's own fields need no read"
+        assert record.fields["organization"] == "Acme Ltd"
+        got = conn.get(str(deal))
+        assert got is not None
+        assert (record.version, dict(record.fields)) == (got.version, dict(got.fields))
+        assert copy.deepcopy(record.fields) == got.fields
+        with pytest.raises(StaleVersion):
+            conn.update(str(deal), {"title": "Acme 3"}, expected_version=before.version)
+
+
+def test_a_role_the_field_has_no_option_for_is_skipped_before_any_write(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    emulator.remove_person_field(ROLE)
+    emulator.add_person_field(ROLE, "enum", ["Champion", "Other"])
+    deal = emulator.add_deal(title="Acme")
+    people = [stakeholder("Ana Lima", "ana@acme.example", role="champion"),
+              stakeholder("Cai Yun", "cai@acme.example", role="blocker")]  # fmt: skip
+    with make_connector(emulator) as conn:
+        with pytest.raises(SkippableRecord, match="'Deal role' has no option for role 'blocker'"):
+            conn.update(str(deal), {"stakeholders": people}, expected_version=None)
+        assert emulator.persons == {} and emulator.participants_of(deal) == []
+        record = conn.update(str(deal), {"stakeholders": people[:1]}, expected_version=None)
+        assert record.fields["stakeholders"] == people[:1]

@@ -10,6 +10,7 @@ Pipedrive's error shape instead.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,11 +123,30 @@ def test_every_response_matches_the_official_specs(
         fields = {"title": "Fidelity", "stage": "Delivery / Onboarding", "organization": "Neu GmbH",
                   "value": 10, "currency": "EUR", "Region": "EMEA", "Products": ["Services"],
                   "Kick-off date": "2026-05-04", "Contract value": 12.5}  # fmt: skip
-        created = conn.create(fields, stamp="sb-fidelity-1")
+        ana = {
+            "name": "Ana Lima",
+            "title": "CFO",
+            "role": "economic_buyer",
+            "attitude": "supportive",
+            "email": "ana@neu.example",
+        }
+        bo = {
+            "name": "Bo Chen",
+            "title": None,
+            "role": "user",
+            "attitude": "unknown",
+            "email": None,
+        }
+        cy = {"name": "Cai Yun", "title": None, "role": "champion", "attitude": "neutral",
+              "email": "cai@example.com"}  # fmt: skip
+        created = conn.create({**fields, "stakeholders": [ana, bo]}, stamp="sb-fidelity-1")
+        people = {"stakeholders": [{**ana, "title": "COO"}, cy]}
+        moved = conn.update(created.ref, people, expected_version=created.version)
+        assert moved.fields["stakeholders"] == people["stakeholders"]
         updated = conn.update(
             created.ref,
             {"status": "lost", "lost_reason": "Budget"},
-            expected_version=created.version,
+            expected_version=moved.version,
         )
         assert conn.find_by_stamp("sb-fidelity-1") is not None
         assert conn.get("424242") is None
@@ -145,6 +165,10 @@ def test_every_response_matches_the_official_specs(
         ("/api/v2/stages", {"pipeline_id": 2}),
         ("/api/v2/activities", {"done": "false", "limit": 2}),
         ("/api/v2/persons", {"org_id": 2}),
+        ("/api/v2/persons/search", {"term": "Person Name", "fields": "name", "limit": 1}),
+        ("/api/v2/personFields", {"limit": 3}),
+        ("/api/v2/deals/1", {"include_fields": "participants_count"}),
+        ("/v1/deals/1/participants", {"start": 0, "limit": 1}),
         ("/api/v2/deals", {"limit": 501}),
         ("/v1/users", {}),
         ("/v1/deals/1/flow", {"all_changes": "1"}),
@@ -159,15 +183,24 @@ def test_every_response_matches_the_official_specs(
     requests.patch(done, headers=headers, json={"done": True}, timeout=10).close()
     ada = {"name": "Ada", "emails": [{"value": "ada@example.com"}]}
     requests.post(base + "/api/v2/persons", headers=headers, json=ada, timeout=10).close()
+    part = requests.post(base + "/v1/deals/2/participants", headers=headers,
+                         json={"person_id": 1}, timeout=10)  # fmt: skip
+    gone = f"{base}/v1/deals/2/participants/{part.json()['data']['id']}"
+    requests.delete(gone, headers=headers, timeout=10).close()
+    requests.delete(gone, headers=headers, timeout=10).close()  # 404: already gone
     emu.controls.fail(503, path="/api/v2/pipelines")
     requests.get(base + "/api/v2/pipelines", headers=headers, timeout=10).close()
 
-    served = {(e.method, e.path) for e in exchanges}
+    served = {(e.method, re.sub(r"/\d+", "/{id}", e.path)) for e in exchanges}
     assert len(exchanges) > 40
     for must in [("GET", "/api/v2/deals"), ("POST", "/api/v2/deals"), ("GET", "/api/v2/dealFields"),
                  ("GET", "/api/v2/deals/search"), ("GET", "/api/v2/organizations/search"),
                  ("POST", "/api/v2/organizations"), ("GET", "/v1/users/me"),
-                 ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks")]:  # fmt: skip
+                 ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks"),
+                 ("GET", "/api/v2/personFields"), ("GET", "/api/v2/persons/search"),
+                 ("POST", "/api/v2/persons"), ("PATCH", "/api/v2/persons/{id}"),
+                 ("GET", "/v1/deals/{id}/participants"), ("POST", "/v1/deals/{id}/participants"),
+                 ("DELETE", "/v1/deals/{id}/participants/{id}")]:  # fmt: skip
         assert must in served, must
     assert {e.status for e in exchanges} >= {200, 201, 400, 401, 404, 503}
     found = [p for e in exchanges for p in problems(pipedrive_specs, e)]

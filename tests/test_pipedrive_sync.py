@@ -346,12 +346,13 @@ def test_request_counts_of_a_first_and_a_reconciling_sync(bridge: Bridge) -> Non
     bridge.crm._meta = None  # a cold start: metadata is read once per run at most
     assert bridge.sync().ok
     c = emu.controls
-    # metadata 4 + deals 1 + activities listing 1 (12 fresh deals, a first pull) ... see below
+    # metadata 5 (users, pipelines, stages, deal and person fields), then the deals page, its
+    # organizations and persons, and the activities of each of the 12 new deals
     assert c.count("GET", "/api/v2/deals") == 1
     assert c.count("GET", "/api/v2/organizations") == 1
     assert c.count("GET", "/api/v2/persons") == 1
     assert c.count("GET", "/api/v2/activities") == 12, "12 deals: one activities call each"
-    assert c.count() == 4 + 1 + 1 + 1 + 12
+    assert c.count() == 5 + 1 + 1 + 1 + 12
     c.reset()
     assert bridge.sync(full=True).ok
     assert c.count() == 1 + 1 + 1 + 1, "a census: deals, all activities, orgs, persons"
@@ -444,3 +445,127 @@ def test_a_next_step_added_on_the_board_reaches_pipedrive_once(
         assert b.crm_values(deal)["actions"] == [action, done]
     finally:
         b.close()
+
+
+# --------------------------------------------------------------------------- stakeholders
+
+
+def someone(emu: PipedriveEmulator, name: str, email: str, role: str, attitude: str) -> int:
+    """A person in Pipedrive with a role and an attitude (option labels)."""
+    custom = {
+        emu.person_field_key("Deal role"): emu.person_option_id("Deal role", role),
+        emu.person_field_key("Attitude"): emu.person_option_id("Attitude", attitude),
+    }
+    return emu.add_person(name, emails=[{"value": email}], custom_fields=custom)
+
+
+def names(people: list[dict[str, Any]]) -> list[str]:
+    return [p["name"] for p in people]
+
+
+WANG = {"name": "Wang Fang", "title": "CIO", "role": "other", "attitude": "unknown",
+        "email": "wang@acme.example"}  # fmt: skip
+
+
+def test_a_stakeholder_added_in_the_hub_becomes_a_participant_with_role_and_attitude(
+    bridge: Bridge,
+) -> None:
+    emu = bridge.emu
+    deal = a_deal(emu)
+    assert bridge.sync().ok
+    pid = bridge.project_of("crm", str(deal))["id"]
+    assert bridge.project_of("crm", str(deal))["stakeholders"] == [WANG]
+    wang = {**WANG, "role": "decision_maker", "attitude": "supportive"}
+    ana = {"name": "Ana Lima", "title": "CFO", "role": "economic_buyer", "attitude": "neutral",
+           "email": "ana@acme.example"}  # fmt: skip
+    bridge.edit_card(bridge.card(pid), stakeholders=[wang, ana])
+    report = bridge.sync()
+    assert report.ok, report.connectors
+    assert report.connectors["crm"].counts["pushed"] == 1
+    (wang_id, ana_id) = emu.participants_of(deal)
+    assert emu.deal(deal)["person_id"] == wang_id
+    role, attitude = emu.person_field_key("Deal role"), emu.person_field_key("Attitude")
+    ana_person = emu.person(ana_id)
+    assert (ana_person["name"], ana_person["job_title"]) == ("Ana Lima", "CFO")
+    assert ana_person["org_id"] == emu.deal(deal)["org_id"]
+    assert ana_person["custom_fields"][role] == emu.person_option_id("Deal role", "Economic buyer")
+    assert ana_person["custom_fields"][attitude] == emu.person_option_id("Attitude", "Neutral")
+    assert emu.person(wang_id)["custom_fields"][role] == emu.person_option_id(
+        "Deal role", "Decision maker"
+    )
+
+    # What was written reads back as written: nothing to do, even for a census.
+    again = bridge.sync()
+    assert again.ok and again.plan.rows() == [], again.plan.rows()
+    census = bridge.sync(full=True)
+    assert census.ok and census.plan.rows() == [], census.plan.rows()
+    assert bridge.project_of("crm", str(deal))["stakeholders"] == [wang, ana]
+    assert bridge.crm_values(deal)["stakeholders"] == [wang, ana]
+
+
+def test_a_participant_added_in_pipedrive_reaches_the_hub_and_the_board(bridge: Bridge) -> None:
+    emu = bridge.emu
+    deal = a_deal(emu)
+    assert bridge.sync().ok
+    emu.add_participant(deal, someone(emu, "Bo Chen", "bo@acme.example", "Influencer", "Opposed"))
+    report = bridge.sync()
+    assert report.ok, report.connectors
+    hub = bridge.project_of("crm", str(deal))
+    bo = {"name": "Bo Chen", "title": None, "role": "influencer", "attitude": "opposed",
+          "email": "bo@acme.example"}  # fmt: skip
+    assert hub["stakeholders"] == [WANG, bo]
+    assert bridge.board_values(bridge.card(hub["id"]))["stakeholders"] == [WANG, bo]
+    assert report.connectors["crm"].counts.get("pushed", 0) == 0, "nothing to write back"
+
+
+def test_a_stakeholder_removed_on_either_side_is_removed_on_the_other(bridge: Bridge) -> None:
+    emu = bridge.emu
+    deal = a_deal(emu)
+    bo = someone(emu, "Bo Chen", "bo@acme.example", "User", "Neutral")
+    cai = someone(emu, "Cai Yun", "cai@acme.example", "Blocker", "Opposed")
+    emu.add_participant(deal, bo)
+    emu.add_participant(deal, cai)
+    assert bridge.sync().ok
+    hub = bridge.project_of("crm", str(deal))
+    card = bridge.card(hub["id"])
+    assert names(hub["stakeholders"]) == ["Wang Fang", "Bo Chen", "Cai Yun"]
+
+    # Removed on the board: Bo stops being a participant (the person stays in Pipedrive).
+    bridge.edit_card(card, stakeholders=[hub["stakeholders"][0], hub["stakeholders"][2]])
+    assert bridge.sync().ok
+    assert emu.participants_of(deal) == [emu.deal(deal)["person_id"], cai]
+    assert bo in emu.persons
+
+    # Removed in Pipedrive: Cai leaves the hub and the board.
+    emu.remove_participant(deal, cai)
+    report = bridge.sync()
+    assert report.ok, report.connectors
+    assert names(bridge.project_of("crm", str(deal))["stakeholders"]) == ["Wang Fang"]
+    assert names(bridge.board_values(card)["stakeholders"]) == ["Wang Fang"]
+    assert bridge.sync(full=True).plan.rows() == []
+
+
+def test_stakeholders_edited_on_both_sides_are_a_recorded_conflict(bridge: Bridge) -> None:
+    emu = bridge.emu
+    deal = a_deal(emu)
+    assert bridge.sync().ok
+    pid = bridge.project_of("crm", str(deal))["id"]
+    card = bridge.card(pid)
+    bridge.edit_card(card, stakeholders=[{**WANG, "title": "CTO"}])
+    emu.add_participant(deal, someone(emu, "Bo Chen", "bo@acme.example", "User", "Neutral"))
+    report = bridge.sync()
+    assert report.ok, report.connectors
+    conflicts = bridge.store.list_conflicts(False, project_id=pid)
+    assert [c.field for c in conflicts] == ["stakeholders"]
+    # Newest wins (the default policy): one side's list, and all three agree on it after.
+    bo = {"name": "Bo Chen", "title": None, "role": "user", "attitude": "neutral",
+          "email": "bo@acme.example"}  # fmt: skip
+    hub = bridge.project_of("crm", str(deal))["stakeholders"]
+    assert hub in ([{**WANG, "title": "CTO"}], [WANG, bo])
+    assert conflicts[0].resolution in ("hub", "remote")
+    assert hub == conflicts[0].resolved_value
+    assert (conflicts[0].hub_value, conflicts[0].remote_value) == ([{**WANG, "title": "CTO"}],
+                                                                   [WANG, bo])  # fmt: skip
+    assert bridge.crm_values(deal)["stakeholders"] == hub
+    assert bridge.board_values(card)["stakeholders"] == hub
+    assert bridge.sync().plan.rows() == []

@@ -16,7 +16,8 @@ lost_reason         ``lost_reason``                                             
 owner               ``owner_id`` as a user (matched by e-mail when written)        yes
 organization        ``org_id`` as the organization's name (found or created)       yes
 organization_id     ``org_id``                                                     no
-stakeholders        the contact person: [{name, title, role, attitude, email}]     no
+stakeholders        the contact person, then the other participants:               yes
+                    [{name, title, role, attitude, email}]
 actions             done activities: [{what, at, by}]                              yes
 next_steps          open activities: [{what, owner, due}]                          yes
 add_time ...        ``add_time``, ``update_time``, ``stage_change_time``,          no
@@ -32,6 +33,34 @@ Pipedrive cannot hold (an action's time and author, an owner who is no Pipedrive
 on the note's last line, ``[salesbridge: {...}]``, with the owner it was written for: while the
 activity keeps that owner the note's values are read back.
 
+Stakeholders are the deal's people: its contact person (``person_id``) first, then its other
+participants (``GET /v1/deals/{id}/participants``) in the order they were added. A person gives
+``name``, ``title`` (``job_title``) and ``email`` (the primary e-mail). Pipedrive has no field
+for a stakeholder's role or attitude, so they live in two single-option *person* fields, named
+by ``role_field`` (default "Deal role") and ``attitude_field`` (default "Attitude") and resolved
+through ``GET /api/v2/personFields``; an option's label is the value in words, any case
+("Decision maker", "Economic buyer", "Influencer", "Champion", "User", "Technical buyer",
+"Blocker", "Other"; "Supportive", "Neutral", "Opposed", "Unknown"). An empty field, or a label
+that is none of these, reads as "other" / "unknown". The fields are required while configured:
+a pull or write of stakeholders fails, saying how to add them, when the account lacks one,
+because a round trip through Pipedrive would otherwise turn every hub role into "other". Set
+``role_field = ""`` (or ``attitude_field``) to do without; the values then read as "other" /
+"unknown" and are never written, so map stakeholders one way (``direction = "pull"``) or let
+another tool own them. A role is per *person*, not per deal: someone who is the decision maker
+on one deal and a user on another holds the last role written, and both deals read it.
+
+Writing stakeholders makes the deal's people read back as given, in order: each is matched to
+a current participant by e-mail, then by name; else found by e-mail (``GET
+/api/v2/persons/search``, exact), or by name in the deal's organization when it has no e-mail;
+else created in the deal's organization. A person whose name, title, e-mail, role or attitude
+differs is updated (a title or e-mail the hub does not know is left as Pipedrive has it). The
+first becomes the contact person; participants missing are added, those not wanted removed,
+one out of place removed and added again after the others. Pulls ask the deal listing for
+``participants_count`` and read the participants only of deals that have people besides the
+contact person (one request per such deal: Pipedrive has no listing of participants across
+deals). A person's own edits (a new title) do not change the deal: incremental pulls see them
+once the deal changes, full pulls always.
+
 The canonical id is stamped in a text deal field (``stamp_field``, default "Salesbridge ID");
 ``find_by_stamp`` searches it with ``GET /api/v2/deals/search``.
 
@@ -43,21 +72,26 @@ Deleted and archived deals leave the v2 listing: full pulls (reconciliation) fin
 
 Versions are ``<update_time>#<hash of the deal's data>``, so two edits in one second still
 differ. Pipedrive has no conditional write, so an update with ``expected_version`` reads the
-deal first (one GET) and refuses with StaleVersion when it changed.
+deal first (one GET) and refuses with StaleVersion when it changed. The PATCH answers with the
+deal as written, which gives the new version: the record returned reads the deal's
+organization, people and activities only when its caller looks at those fields, so a push of
+plain deal fields costs two requests. Writing participants or activities moves the deal's
+update time, so such a write reads the deal once more for its version.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import hashlib
 import hmac
 import json
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
@@ -66,7 +100,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from bridge.errors import UserError
 from bridge.http import Auth, HttpClient
-from bridge.model import to_json_value
+from bridge.model import Attitude, StakeholderRole, to_json_value
 from bridge.secrets import Secret
 from connectors.base import (
     Connector,
@@ -114,6 +148,7 @@ _VERSIONED = (
     "is_deleted",
     "is_archived",
     "custom_fields",
+    "participants_count",  # asked for with include_fields: participants change no other field
 )
 _CUSTOM_TYPES = {
     "varchar": "text",
@@ -140,7 +175,7 @@ _STANDARD: tuple[RemoteField, ...] = (
     RemoteField("owner", "Owner", "user"),
     RemoteField("organization", "Organization"),
     RemoteField("organization_id", "Organization ID", writable=False),
-    RemoteField("stakeholders", "Contact person", "json", writable=False),
+    RemoteField("stakeholders", "Deal people", "json"),
     RemoteField("actions", "Done activities", "json"),
     RemoteField("next_steps", "Open activities", "json"),
     RemoteField("add_time", "Deal created", "datetime", writable=False),
@@ -170,7 +205,20 @@ class PipedriveConfig(ConnectorConfig):
         default_factory=list, description="pipelines synced, by name; empty: every pipeline"
     )
     stamp_field: str = Field("Salesbridge ID", description="text deal field holding the stamp")
-    persons: bool = Field(True, description="read the contact person (stakeholders)")
+    persons: bool = Field(True, description="read and write the deal's people (stakeholders)")
+    participants: bool = Field(
+        True,
+        description="stakeholders include every participant, not only the contact person (a "
+        "request per deal that has others)",
+    )
+    role_field: str = Field(
+        "Deal role",
+        description='single-option person field holding a stakeholder\'s role; "" for none',
+    )
+    attitude_field: str = Field(
+        "Attitude",
+        description='single-option person field holding a stakeholder\'s attitude; "" for none',
+    )
     activities: bool = Field(True, description="read activities (actions, next steps)")
     metadata_ttl: timedelta = Field(
         timedelta(minutes=10), description="how long users, stages and fields are cached"
@@ -207,6 +255,7 @@ class _Meta:
     pipelines: dict[int, str]
     stages: dict[int, tuple[int, str]]
     fields: dict[str, _Field]
+    person_fields: dict[str, _Field] = field(default_factory=dict)
 
     def stage_label(self, stage_id: int) -> str:
         pipeline_id, name = self.stages[stage_id]
@@ -235,6 +284,7 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         self._http = http
         self._meta: _Meta | None = None
         self._lock = threading.RLock()
+        self._selected: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -296,20 +346,66 @@ class PipedriveConnector(Connector[PipedriveConfig]):
                     for s in page
                     if not s.get("is_deleted")
                 }
-                fields = {
-                    f["field_code"]: _Field(
-                        f["field_code"],
-                        f["field_name"],
-                        f["field_type"],
-                        {o["id"]: o["label"] for o in f.get("options") or ()},
-                    )
-                    for page in self._list("dealFields")
-                    for f in page
-                    if f.get("is_custom_field")
-                }
-                meta = self._meta = _Meta(time.monotonic(), users, pipelines, stages, fields)
+                fields = self._custom_fields("dealFields")
+                person_fields = self._custom_fields("personFields") if self._people else {}
+                meta = self._meta = _Meta(
+                    time.monotonic(), users, pipelines, stages, fields, person_fields
+                )
                 self._check_pipelines(meta)
             return meta
+
+    def _custom_fields(self, what: str) -> dict[str, _Field]:
+        return {
+            f["field_code"]: _Field(
+                f["field_code"],
+                f["field_name"],
+                f["field_type"],
+                {o["id"]: o["label"] for o in f.get("options") or ()},
+            )
+            for page in self._list(what)
+            for f in page
+            if f.get("is_custom_field")
+        }
+
+    @property
+    def _people(self) -> bool:
+        """Whether stakeholders are read and written (the setting, and the mapping's needs)."""
+        return self.config.persons and (self._selected is None or "stakeholders" in self._selected)
+
+    def select(self, fields: Sequence[str]) -> None:
+        """A mapping without ``stakeholders`` reads no persons or participants."""
+        self._selected = frozenset(fields)
+
+    def _deal_params(self) -> Row:
+        """What every deal read asks for: ``participants_count`` while participants are read
+        (part of the version: a participant added changes no other field of the deal)."""
+        return {"include_fields": "participants_count"} if self._counts_participants else {}
+
+    @property
+    def _counts_participants(self) -> bool:
+        return self._people and self.config.participants
+
+    def _people_fields(self, meta: _Meta) -> tuple[_Field | None, _Field | None]:
+        """The (role, attitude) person fields; FatalError when one configured is missing."""
+        found: list[_Field | None] = []
+        missing: list[str] = []
+        for setting, name in (
+            ("role_field", self.config.role_field),
+            ("attitude_field", self.config.attitude_field),
+        ):
+            f = _named(meta.person_fields, name) if name else None
+            if name and (f is None or f.type != "enum"):
+                missing.append(f"{setting} = {name!r}")
+            found.append(f)
+        if missing:
+            raise FatalError(
+                f"{self.name}: Pipedrive has no single-option person field for "
+                f"{' and '.join(missing)}; add it (Company settings > Data fields > Person, "
+                "options such as Decision maker, Champion... / Supportive, Neutral, Opposed) "
+                'or set the setting to "" to keep roles and attitudes out of Pipedrive',
+                connector=self.name,
+            )
+        return found[0], found[1]
 
     def _check_pipelines(self, meta: _Meta) -> None:
         missing = [p for p in self.config.pipelines if p not in meta.pipelines.values()]
@@ -349,6 +445,11 @@ class PipedriveConnector(Connector[PipedriveConfig]):
             if self._stamp_key(meta, required=False)
             else (f"; no {self.config.stamp_field!r} deal field yet: creating deals will fail")
         )
+        if self._people:
+            try:
+                self._people_fields(meta)
+            except FatalError as exc:
+                stamp += f"; {exc}"
         return (
             f"Pipedrive {me.get('company_name', '?')} ({me.get('company_domain', '?')}) as "
             f"{me.get('name', '?')} <{me.get('email', '?')}>: {len(meta.pipelines)} pipelines, "
@@ -387,13 +488,21 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         for partition, pipeline_id in partitions:
             since, seen = (None, set()) if full else _position(cursor.get(partition), self.name)
             params: Row = {"limit": self.config.page_size, "sort_by": "update_time"}
+            params.update(self._deal_params())
             if since is not None:
                 params["updated_since"] = _rfc3339(since)
             if pipeline_id is not None:
                 params["pipeline_id"] = pipeline_id
             at, boundary = since, set(seen)
             for deals in self._list("deals", params):
-                fresh = [d for d in deals if (d.get("id"), _digest(d)) not in seen]
+                # Dropped: only deals read before at the cursor's very second. The same deal
+                # listed with a later time changed in a way its data may not show (an activity
+                # or a participant added): it is read again.
+                fresh = [
+                    d
+                    for d in deals
+                    if _time(d.get("update_time")) != since or (d.get("id"), _digest(d)) not in seen
+                ]
                 many = full or len(fresh) > ACTIVITY_LISTING_THRESHOLD
                 if many and activities is None and self.config.activities and fresh:
                     activities = self._all_activities()
@@ -414,7 +523,7 @@ class PipedriveConnector(Connector[PipedriveConfig]):
 
     def get(self, ref: str) -> RemoteRecord | None:
         deal_id = _deal_id(ref)
-        deal = None if deal_id is None else self._get(f"{V2}deals/{deal_id}")
+        deal = None if deal_id is None else self._get(f"{V2}deals/{deal_id}", self._deal_params())
         if deal is None:
             return None
         records, skipped = self._records([deal], None)
@@ -465,13 +574,23 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         key = self._stamp_key(meta, required=True)
         assert key is not None
         plain, lists = _split(fields, ref=stamp, connector=self.name)
+        people = self._people_to_write(lists, ref=stamp)
         body = self._body(meta, plain, ref=stamp)
         body["custom_fields"] = {**body.get("custom_fields", {}), key: stamp}
         body.setdefault("title", "(untitled)")
+        wanted: list[int] = []
+        if people:
+            wanted = self._resolve_people(meta, None, [], people, body.get("org_id"), ref=stamp)
+            body["person_id"] = wanted[0]
         deal = self._send("POST", V2 + "deals", body)
-        if lists and isinstance(deal, dict):
+        if not isinstance(deal, dict):
+            return self._written(deal, stamp)
+        if len(wanted) > 1:
+            self._write_participants(deal["id"], wanted, self._participants(deal["id"]))
+        if lists:
             self._write_activities(meta, deal["id"], lists, ref=stamp)
-            deal = self._get(f"{V2}deals/{deal['id']}") or deal
+        if len(wanted) > 1 or lists or self._counts_participants:  # the version's count
+            deal = self._get(f"{V2}deals/{deal['id']}", self._deal_params()) or deal
         return self._written(deal, stamp)
 
     def update(
@@ -482,17 +601,40 @@ class PipedriveConnector(Connector[PipedriveConfig]):
             raise StaleVersion(ref, expected_version, None, connector=self.name)
         meta = self._metadata()
         plain, lists = _split(changes, ref=ref, connector=self.name)
+        people = self._people_to_write(lists, ref=ref)
         body = self._body(meta, plain, ref=ref)
+        current = None
+        if expected_version is not None or people is not None:
+            current = self._get(f"{V2}deals/{deal_id}", self._deal_params())
         if expected_version is not None:
-            current = self._get(f"{V2}deals/{deal_id}")
             actual = None if current is None else _version(current)
             if actual != expected_version:
                 raise StaleVersion(ref, expected_version, actual, connector=self.name)
+        wanted: list[int] = []
+        parts: list[tuple[int, int]] = []
+        if people is not None:
+            if current is None:
+                raise StaleVersion(ref, expected_version, None, connector=self.name)
+            parts = self._participants(deal_id)
+            org_id = body.get("org_id", current.get("org_id"))
+            wanted = self._resolve_people(meta, current, parts, people, org_id, ref=ref)
+            primary = wanted[0] if wanted else None
+            if primary != current.get("person_id"):
+                body["person_id"] = primary
         deal = self._send("PATCH", f"{V2}deals/{deal_id}", body) if body else None
-        if lists and (deal is not None or not body):
+        if body and deal is None:
+            raise StaleVersion(ref, expected_version, None, connector=self.name)
+        if people is not None:
+            if "person_id" in body:  # a new contact person may have joined the participants
+                parts = self._participants(deal_id)
+            self._write_participants(deal_id, wanted, parts)
+        if lists:
             self._write_activities(meta, deal_id, lists, ref=ref)
-        if not body or lists:
-            deal = self._get(f"{V2}deals/{deal_id}")
+        if not body or lists or people is not None:
+            deal = self._get(f"{V2}deals/{deal_id}", self._deal_params())
+        elif isinstance(deal, dict) and current is not None and "participants_count" in current:
+            # The PATCH answer has no count; a plain write leaves it as read just before.
+            deal = {**deal, "participants_count": current["participants_count"]}
         if deal is None:
             raise StaleVersion(ref, expected_version, None, connector=self.name)
         return self._written(deal, ref)
@@ -601,14 +743,22 @@ class PipedriveConnector(Connector[PipedriveConfig]):
     # ------------------------------------------------------------------ deals -> records
 
     def _written(self, deal: Any, ref: str) -> RemoteRecord:
+        """The record of a deal as a write answered it. The deal's own fields come from the
+        answer; its organization, people and activities are read when first looked at."""
         if not isinstance(deal, dict):
             raise FatalError(
                 f"{self.name}: deal {ref} vanished right after it was written", connector=self.name
             )
-        records, skipped = self._records([deal], None)
-        if skipped:
-            raise skipped[0]
-        return records[0]
+        meta = self._metadata()
+        if self._unknown_ids(meta, deal):
+            meta = self._metadata(refresh=True)
+        record = self._record(meta, deal, None)
+
+        def around() -> Row:
+            m = self._metadata()
+            return self._related(m, deal, self._around(m, [deal], None))
+
+        return replace(record, fields=_Deferred(record.fields, self._related_keys(), around))
 
     def _records(
         self, deals: list[Row], activities: dict[int, list[Row]] | None
@@ -618,24 +768,80 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         meta = self._metadata()
         if any(self._unknown_ids(meta, d) for d in deals):
             meta = self._metadata(refresh=True)  # a stage or option added since the last load
+        around = self._around(meta, deals, activities)
+        if self._unknown_options(meta, around.persons.values()):
+            meta = self._metadata(refresh=True)  # a person field option added since
+        records: list[RemoteRecord] = []
+        skipped: list[SkippableRecord] = []
+        for d in deals:
+            try:
+                records.append(self._record(meta, d, around))
+            except SkippableRecord as exc:
+                skipped.append(exc)
+        return records, skipped
+
+    def _around(
+        self, meta: _Meta, deals: list[Row], activities: dict[int, list[Row]] | None
+    ) -> _Around:
+        """What deals name by id, read in batches: organizations, people, activities."""
         orgs = self._by_ids("organizations", {d.get("org_id") for d in deals})
         persons: dict[int, Row] = {}
-        if self.config.persons:
-            persons = self._by_ids("persons", {d.get("person_id") for d in deals})
+        participants: dict[int, list[tuple[int, int]]] = {}
+        if self._people:
+            self._people_fields(meta)  # fail before reading what could not round-trip
+            if self.config.participants:
+                participants = {
+                    d["id"]: self._participants(d["id"])
+                    for d in deals
+                    if isinstance(d.get("id"), int) and _has_others(d)
+                }
+            ids = {d.get("person_id") for d in deals}
+            ids.update(p for parts in participants.values() for _, p in parts)
+            persons = self._by_ids("persons", ids)
         if self.config.activities and activities is None:
             activities = {}
             for d in deals:
                 if isinstance(d.get("id"), int):
                     found = [a for p in self._list("activities", {"deal_id": d["id"]}) for a in p]
                     activities[d["id"]] = found
-        records: list[RemoteRecord] = []
-        skipped: list[SkippableRecord] = []
-        for d in deals:
-            try:
-                records.append(self._record(meta, d, orgs, persons, activities))
-            except SkippableRecord as exc:
-                skipped.append(exc)
-        return records, skipped
+        return _Around(orgs, persons, participants, activities)
+
+    def _participants(self, deal_id: int) -> list[tuple[int, int]]:
+        """(participant id, person id) of a deal's participants, in the order added (v1)."""
+        out: list[tuple[int, int]] = []
+        start = 0
+        while True:
+            params = {"start": start, "limit": MAX_LIMIT}
+            path = f"{V1}deals/{deal_id}/participants"
+            body = self.http.get_json(path, params=params, expect=(404,))
+            if body is None:
+                return sorted(out)
+            for part in self._data(body, path) or ():
+                person = part.get("person_id")
+                pid = person.get("value") if isinstance(person, dict) else person
+                if isinstance(part.get("id"), int) and isinstance(pid, int):
+                    out.append((part["id"], pid))
+            if not (body.get("additional_data") or {}).get("more_items_in_collection"):
+                return sorted(out)
+            start += MAX_LIMIT
+
+    def _related_keys(self) -> frozenset[str]:
+        keys = {"organization"}
+        if self._people:
+            keys.add("stakeholders")
+        if self.config.activities:
+            keys.update(_LISTS)
+        return frozenset(keys)
+
+    def _unknown_options(self, meta: _Meta, persons: Iterable[Row]) -> bool:
+        fields = [f for f in self._people_fields(meta) if f is not None] if self._people else []
+        return any(
+            isinstance(v, int) and v not in f.options
+            for p in persons
+            for f in fields
+            if isinstance(p.get("custom_fields"), dict)
+            for v in [p["custom_fields"].get(f.code)]
+        )
 
     def _unknown_ids(self, meta: _Meta, deal: Row) -> bool:
         if deal.get("stage_id") not in meta.stages or deal.get("owner_id") not in meta.users:
@@ -660,14 +866,8 @@ class PipedriveConnector(Connector[PipedriveConfig]):
                     grouped.setdefault(a["deal_id"], []).append(a)
         return grouped
 
-    def _record(
-        self,
-        meta: _Meta,
-        deal: Row,
-        orgs: Mapping[int, Row],
-        persons: Mapping[int, Row],
-        activities: Mapping[int, list[Row]] | None,
-    ) -> RemoteRecord:
+    def _record(self, meta: _Meta, deal: Row, around: _Around | None) -> RemoteRecord:
+        """A deal as a record; without ``around``, its own fields only."""
         ref = str(deal.get("id"))
         problems: list[str] = []
 
@@ -684,18 +884,12 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         else:
             bad(f"stage id {stage_id!r} is not a stage of any pipeline")
         fields["owner"] = meta.user(deal.get("owner_id"))
-        org = orgs.get(deal.get("org_id") or 0)
-        fields["organization"] = org.get("name") if org else None
         fields["organization_id"] = str(deal["org_id"]) if deal.get("org_id") else None
         for key in _TIMES:
             at = _time(deal.get(key))
             fields[key] = at.isoformat().replace("+00:00", "Z") if at else None
-        if self.config.persons:
-            person = persons.get(deal.get("person_id") or 0)
-            fields["stakeholders"] = [_stakeholder(person)] if person else []
-        if self.config.activities and activities is not None:
-            acts = activities.get(deal.get("id") or 0, [])
-            fields["actions"], fields["next_steps"] = _activities(meta, acts)
+        if around is not None:
+            fields.update(self._related(meta, deal, around))
         custom = deal.get("custom_fields")
         stamp_key = self._stamp_key(meta, required=False)
         stamp = None
@@ -728,6 +922,24 @@ class PipedriveConnector(Connector[PipedriveConfig]):
             stamp=stamp or None,
             deleted=bool(deal.get("is_deleted")),
         )
+
+    def _related(self, meta: _Meta, deal: Row, around: _Around) -> Row:
+        """The fields a deal names by id: organization, stakeholders, activities."""
+        fields: Row = {}
+        org = around.orgs.get(deal.get("org_id") or 0)
+        fields["organization"] = org.get("name") if org else None
+        if self._people:
+            role, attitude = self._people_fields(meta)
+            stakeholders = []
+            for pid in _people_of(deal, around.participants.get(deal.get("id") or 0, ())):
+                person = around.persons.get(pid)
+                if person is not None:
+                    stakeholders.append(_stakeholder(person, role, attitude))
+            fields["stakeholders"] = stakeholders
+        if self.config.activities and around.activities is not None:
+            acts = around.activities.get(deal.get("id") or 0, [])
+            fields["actions"], fields["next_steps"] = _activities(meta, acts)
+        return fields
 
     def _history_entry(self, meta: _Meta, item: Row) -> HistoryEntry | None:
         if item.get("object") != "dealChange":
@@ -791,6 +1003,144 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         if custom:
             body["custom_fields"] = custom
         return body
+
+    def _people_to_write(self, lists: dict[str, list[Row]], *, ref: str) -> list[Row] | None:
+        """The stakeholders to write (taken out of ``lists``), or None when not written."""
+        people = lists.pop("stakeholders", None)
+        if people is not None and not self._people:
+            raise SkippableRecord(
+                ref,
+                "stakeholders are not written: the connector's `persons` setting is off",
+                connector=self.name,
+                payload={"stakeholders": people},
+            )
+        return people
+
+    def _resolve_people(
+        self,
+        meta: _Meta,
+        deal: Row | None,
+        parts: list[tuple[int, int]],
+        wanted: list[Row],
+        org_id: Any,
+        *,
+        ref: str,
+    ) -> list[int]:
+        """The person ids of ``wanted`` stakeholders, in order: the deal's people matched by
+        e-mail then name, else persons found by e-mail (or by name in ``org_id``), else new
+        persons in ``org_id``; those that differ are updated."""
+        role, attitude = self._people_fields(meta)
+        current = _people_of(deal or {}, parts)
+        persons = self._by_ids("persons", current)
+        free = [p for p in current if p in persons]
+        chosen: list[int | None] = [None] * len(wanted)
+        for same in (_same_email, _same_name):
+            for i, item in enumerate(wanted):
+                if chosen[i] is None:
+                    pid = next((p for p in free if same(persons[p], item)), None)
+                    if pid is not None:
+                        chosen[i] = pid
+                        free.remove(pid)
+        for i, item in enumerate(wanted):
+            if chosen[i] is None:
+                pid = self._find_person(item, org_id)
+                if pid is not None and pid not in chosen:
+                    chosen[i] = pid
+        persons.update(self._by_ids("persons", {p for p in chosen if p not in persons}))
+        plans = []  # all checked before anything is written
+        for pid, item in zip(chosen, wanted, strict=True):
+            person = persons.get(pid) if pid is not None else None
+            plans.append((pid, person, self._person_changes(role, attitude, item, person, ref=ref)))
+        out: list[int] = []
+        for pid, person, changes in plans:
+            if person is None:
+                changes["org_id"] = org_id if isinstance(org_id, int) else None
+                created = self._send("POST", V2 + "persons", changes)
+                pid = int(created["id"])
+            elif changes and self._send("PATCH", f"{V2}persons/{pid}", changes) is None:
+                raise StaleVersion(ref, None, None, connector=self.name)  # deleted meanwhile
+            assert pid is not None
+            if pid not in out:
+                out.append(pid)
+        return out
+
+    def _find_person(self, item: Mapping[str, Any], org_id: Any) -> int | None:
+        """A person for a stakeholder the deal does not have: by e-mail (exact), else, with no
+        e-mail, by name in the deal's organization."""
+        email, name = item.get("email"), str(item.get("name") or "").strip()
+        if email:
+            params: Row = {"term": email, "fields": "email", "exact_match": "true", "limit": 10}
+            check = _same_email
+        elif isinstance(org_id, int) and len(name) >= 2:
+            params = {"term": name, "fields": "name", "exact_match": "true", "limit": 10}
+            params["organization_id"] = org_id
+            check = _same_name
+        else:
+            return None
+        found = self._get(V2 + "persons/search", params) or {}
+        for hit in found.get("items", ()):
+            person = dict(hit.get("item") or {})
+            person["emails"] = [{"value": e} for e in person.get("emails") or ()]
+            if isinstance(person.get("id"), int) and check(person, item):
+                return int(person["id"])
+        return None
+
+    def _person_changes(
+        self,
+        role: _Field | None,
+        attitude: _Field | None,
+        item: Mapping[str, Any],
+        person: Row | None,
+        *,
+        ref: str,
+    ) -> Row:
+        """What to send so ``person`` (None: a new one) reads back as the stakeholder ``item``.
+        A title or e-mail the stakeholder lacks is left as the person has it."""
+        now = _stakeholder(person or {}, role, attitude)
+        body: Row = {}
+        if person is None or now["name"] != item["name"]:
+            body["name"] = item["name"]
+        if item.get("title") and now["title"] != item["title"]:
+            body["job_title"] = item["title"]
+        if item.get("email") and now["email"] != item["email"]:
+            others = [
+                {"value": e["value"], "primary": False, "label": e.get("label") or "work"}
+                for e in (person or {}).get("emails") or ()
+                if e.get("value") not in (now["email"], item["email"])
+            ]
+            body["emails"] = [{"value": item["email"], "primary": True, "label": "work"}, *others]
+        custom: Row = {}
+        for f, key, default in ((role, "role", "other"), (attitude, "attitude", "unknown")):
+            if f is None or now[key] == item[key]:
+                continue
+            options = {_canonical(label): oid for oid, label in f.options.items()}
+            if item[key] in options:
+                custom[f.code] = options[item[key]]
+            elif item[key] == default:
+                custom[f.code] = None
+            else:
+                raise SkippableRecord(
+                    ref,
+                    f"person field {f.name!r} has no option for {key} {item[key]!r}",
+                    connector=self.name,
+                    payload=dict(item),
+                )
+        if custom:
+            body["custom_fields"] = custom
+        return body
+
+    def _write_participants(
+        self, deal_id: int, wanted: list[int], parts: list[tuple[int, int]]
+    ) -> None:
+        """Make the deal's participants besides the contact person (``wanted[0]``) read back
+        as ``wanted[1:]``, in order."""
+        primary = wanted[0] if wanted else None
+        others = [(person, part) for part, person in sorted(parts) if person != primary]
+        _keep, gone, new = _reconcile(others, wanted[1:], key=lambda person: person)
+        for part in gone:
+            self._send("DELETE", f"{V1}deals/{deal_id}/participants/{part}")
+        for person in new:
+            self._send("POST", f"{V1}deals/{deal_id}/participants", {"person_id": person})
 
     def _write_activities(
         self, meta: _Meta, deal_id: int, lists: Mapping[str, list[Row]], *, ref: str
@@ -933,15 +1283,112 @@ def _custom_pull(meta: _Meta, f: _Field, value: Any) -> Any:
     return value
 
 
-def _stakeholder(person: Row) -> Row:
-    emails = person.get("emails") or []
+@dataclass(frozen=True)
+class _Around:
+    """What a batch of deals names by id: organizations and persons by id, participants
+    ((participant id, person id), in order) and activities by deal."""
+
+    orgs: Mapping[int, Row]
+    persons: Mapping[int, Row]
+    participants: Mapping[int, list[tuple[int, int]]]
+    activities: Mapping[int, list[Row]] | None
+
+
+class _Deferred(Mapping[str, Any]):
+    """A record's fields: the deal's own at hand, the ``later`` ones read on first use.
+    Copied or pickled, it is the complete dict."""
+
+    def __init__(self, now: Mapping[str, Any], later: frozenset[str], load: Callable[[], Row]):
+        self._now = {k: v for k, v in now.items() if k not in later}
+        self._later = later
+        self._load = load
+        self._all: Row | None = None
+        self._lock = threading.Lock()
+
+    def _complete(self) -> Row:
+        with self._lock:
+            if self._all is None:
+                self._all = {**self._now, **self._load()}
+            return self._all
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._now:
+            return self._now[key]
+        return self._complete()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._complete())
+
+    def __len__(self) -> int:
+        return len(self._complete())
+
+    def __repr__(self) -> str:
+        return repr(self._all if self._all is not None else {**self._now, "...": "deferred"})
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Row:
+        return copy.deepcopy(self._complete(), memo)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (self._complete(),))
+
+
+def _has_others(deal: Row) -> bool:
+    """Whether a deal may have participants besides its contact person (who counts in
+    ``participants_count``); unknown without the count."""
+    count = deal.get("participants_count")
+    if not isinstance(count, int):
+        return True
+    return count > (1 if deal.get("person_id") else 0)
+
+
+def _people_of(deal: Row, participants: Iterable[tuple[int, int]]) -> list[int]:
+    """Person ids of a deal's people: the contact person, then the other participants."""
+    out: list[int] = []
+    for pid in [deal.get("person_id"), *(p for _, p in participants)]:
+        if isinstance(pid, int) and pid not in out:
+            out.append(pid)
+    return out
+
+
+def _named(fields: Mapping[str, _Field], name: str) -> _Field | None:
+    """A custom field by code, or by name (any case)."""
+    if name in fields:
+        return fields[name]
+    return next((f for f in fields.values() if f.name.casefold() == name.casefold()), None)
+
+
+_ROLES = frozenset(r.value for r in StakeholderRole)
+_ATTITUDES = frozenset(a.value for a in Attitude)
+
+
+def _canonical(label: str) -> str:
+    """An option label as a canonical value: "Economic buyer" -> "economic_buyer"."""
+    return re.sub(r"[\s_-]+", "_", label.strip().casefold())
+
+
+def _option_value(person: Row, f: _Field | None, allowed: frozenset[str], default: str) -> str:
+    if f is None:
+        return default
+    custom = person.get("custom_fields")
+    value = custom.get(f.code) if isinstance(custom, dict) else None
+    label = f.options.get(value) if isinstance(value, int) else None
+    found = _canonical(label) if label else default
+    return found if found in allowed else default
+
+
+def _primary_email(person: Row) -> str | None:
+    emails = [e for e in person.get("emails") or () if isinstance(e, dict) and e.get("value")]
     primary = next((e for e in emails if e.get("primary")), emails[0] if emails else None)
+    return str(primary["value"]) if primary else None
+
+
+def _stakeholder(person: Row, role: _Field | None, attitude: _Field | None) -> Row:
     return {
         "name": person.get("name") or "",
         "title": person.get("job_title") or None,
-        "role": "other",
-        "attitude": "unknown",
-        "email": primary.get("value") if primary else None,
+        "role": _option_value(person, role, _ROLES, "other"),
+        "attitude": _option_value(person, attitude, _ATTITUDES, "unknown"),
+        "email": _primary_email(person),
     }
 
 
@@ -999,10 +1446,10 @@ def _activity_key(item: Mapping[str, Any]) -> tuple[str, Any]:
 def _split(
     fields: Mapping[str, Any], *, ref: str, connector: str
 ) -> tuple[Row, dict[str, list[Row]]]:
-    """(deal fields, activity lists in canonical form)."""
-    plain = {k: v for k, v in fields.items() if k not in _LISTS}
+    """(deal fields, activity lists and stakeholders in canonical form)."""
+    plain = {k: v for k, v in fields.items() if k not in (*_LISTS, "stakeholders")}
     lists: dict[str, list[Row]] = {}
-    for key in _LISTS:
+    for key in (*_LISTS, "stakeholders"):
         if key in fields:
             try:
                 lists[key] = to_json_value(key, fields[key] or [])
@@ -1017,20 +1464,22 @@ def _split(
 
 
 def _reconcile(
-    current: list[tuple[tuple[str, Any], Row]], wanted: list[Row]
-) -> tuple[list[tuple[Row, Row]], list[Row], list[Row]]:
-    """Turn ``current`` (key, activity; in the order added) into ``wanted``: (kept activity,
-    wanted item), activities to delete, items to add in order. Kept ones keep their place, so
-    one out of the wanted order is deleted and added again after the others."""
-    keep: list[tuple[Row, Row]] = []
-    new: list[Row] = []
-    gone: list[Row] = []
+    current: list[tuple[Any, Any]],
+    wanted: list[Any],
+    key: Callable[[Any], Any] = lambda item: _activity_key(item),
+) -> tuple[list[tuple[Any, Any]], list[Any], list[Any]]:
+    """Turn ``current`` (key, thing; in the order added) into ``wanted``: (kept thing, wanted
+    item), things to delete, items to add in order. Kept ones keep their place, so one out of
+    the wanted order is deleted and added again after the others."""
+    keep: list[tuple[Any, Any]] = []
+    new: list[Any] = []
+    gone: list[Any] = []
     at = 0
     for item in wanted:
-        key = _activity_key(item)
+        k = key(item)
         found = None
         if not new:
-            found = next((j for j in range(at, len(current)) if current[j][0] == key), None)
+            found = next((j for j in range(at, len(current)) if current[j][0] == k), None)
         if found is None:
             new.append(item)
             continue
@@ -1039,6 +1488,17 @@ def _reconcile(
         at = found + 1
     gone.extend(a for _, a in current[at:])
     return keep, gone, new
+
+
+def _same_email(person: Row, item: Mapping[str, Any]) -> bool:
+    email = str(item.get("email") or "").casefold()
+    values = (str(e.get("value") or "").casefold() for e in person.get("emails") or ())
+    return bool(email) and email in values
+
+
+def _same_name(person: Row, item: Mapping[str, Any]) -> bool:
+    name = str(item.get("name") or "").strip().casefold()
+    return bool(name) and str(person.get("name") or "").strip().casefold() == name
 
 
 def _digest(deal: Row) -> str:
