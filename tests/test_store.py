@@ -946,3 +946,49 @@ def test_pending_conflict_fields_and_link_queries(store: Store) -> None:
     store.tombstone_project("c")
     assert list(store.projects_without_link("crm")) == []
     assert [p["id"] for p in store.projects_without_link("board")] == ["a", "b"]
+
+
+def test_linked_projects_differing_leaves_out_only_projects_equal_to_their_bases(
+    store: Store,
+) -> None:
+    """``differing=True`` drops, in the database, exactly the projects push planning would
+    find nothing to push for; never one with a value that differs from its base."""
+    paths = ["name", "probability", "customer.name", "amount", "custom.flag", "custom.tags"]
+
+    def agreed(p: SalesProject) -> dict[str, Any]:
+        data = p.to_json()
+        return {path: get_path(data, path) for path in paths}
+
+    cases: dict[str, tuple[SalesProject, dict[str, Any] | None]] = {}
+    base = project(custom={"flag": True, "tags": ["a"]})
+    cases["same"] = (base.model_copy(update={"id": "same"}), agreed(base))
+    no_nulls = {k: v for k, v in agreed(base).items() if v is not None}  # probability is None
+    cases["null_missing"] = (base.model_copy(update={"id": "null_missing"}), no_nulls)
+    cases["renamed"] = (base.model_copy(update={"id": "renamed", "name": "New"}), agreed(base))
+    cases["flag"] = (
+        base.model_copy(update={"id": "flag", "custom": {"flag": False, "tags": ["a"]}}),
+        agreed(base),
+    )
+    cases["no_bases"] = (base.model_copy(update={"id": "no_bases"}), None)
+    cases["key_missing"] = (
+        base.model_copy(update={"id": "key_missing"}),
+        {k: v for k, v in agreed(base).items() if k != "name"},
+    )
+    cases["gone"] = (base.model_copy(update={"id": "gone", "name": "Gone"}), agreed(base))
+    for i, (pid, (p, bases)) in enumerate(cases.items()):
+        store.put_project(p)
+        store.link(pid, "crm", f"r{i}")
+        if bases is not None:
+            store.set_bases(pid, "crm", bases, replace=True)
+    store.tombstone_project("gone")
+
+    kept = {
+        i.link.project_id: i.values
+        for c in store.linked_projects("crm", paths=paths, differing=True, chunk=2)
+        for i in c
+    }
+    assert sorted(kept) == ["flag", "key_missing", "no_bases", "renamed"]
+    for pid, values in kept.items():
+        assert values == agreed(cases[pid][0])
+    with pytest.raises(ValueError):
+        next(store.linked_projects("crm", differing=True))

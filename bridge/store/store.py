@@ -1062,7 +1062,12 @@ class Store:
             return int(conn.execute(q).scalar_one())
 
     def linked_projects(
-        self, connector: str, *, paths: Sequence[str] | None = None, chunk: int = _CHUNK
+        self,
+        connector: str,
+        *,
+        paths: Sequence[str] | None = None,
+        differing: bool = False,
+        chunk: int = _CHUNK,
     ) -> Iterator[list[LinkedProject]]:
         """Live links of ``connector`` with their projects and bases, in link id order.
 
@@ -1071,9 +1076,18 @@ class Store:
         With ``paths`` (dotted field paths) only those values of each project are read, by
         the database, into ``values`` (a missing path reads as None, as :func:`get_path`
         does), instead of the whole project's JSON.
+
+        ``differing=True`` (with ``paths``) leaves out, in the database, live projects whose
+        values at ``paths`` all equal the connector's bases at those keys (a missing base
+        reading as null), and tombstoned ones: what push planning would find nothing to push
+        for. The comparison is of the picked JSON values, so it may keep a project whose
+        values are equal in Python (1 and 1.0, keys in another order) but never drops one
+        that differs.
         """
         lk, p, b = t.links, t.projects, t.bases
         wanted = list(paths) if paths is not None else None
+        if differing and not wanted:
+            raise ValueError("differing=True needs the paths to compare")
         data = p.c.data if wanted is None else self._json_values(p.c.data, wanted)
         q = (
             sa.select(
@@ -1091,6 +1105,9 @@ class Store:
             .order_by(lk.c.id)
             .limit(chunk)
         )
+        if differing and wanted:
+            agreed = self._json_values(b.c.fields, wanted, keys=True)
+            q = q.where(p.c.tombstoned_at.is_(None), data.is_distinct_from(agreed))
         last: int | None = None
         while True:
             page_q = q if last is None else q.where(lk.c.id > last)
@@ -1124,26 +1141,35 @@ class Store:
             last = rows[-1].id
 
     def _json_values(
-        self, column: sa.ColumnElement[Any], paths: list[str]
+        self, column: sa.ColumnElement[Any], paths: list[str], *, keys: bool = False
     ) -> sa.ColumnElement[Any]:
         """The values at ``paths`` of a JSON column as one JSON array, picked by the database
-        (SQLite parses the document once for all paths)."""
+        (SQLite parses the document once for all paths). ``keys``: each path is one key of
+        a flat object (bases are keyed by dotted path), not a path into nested objects."""
         if self._dialect == "sqlite":
             if any('"' in path for path in paths):
                 raise ValueError(f"a field path with a double quote: {paths}")
-            picks = ["$" + "".join(f'."{part}"' for part in path.split(".")) for path in paths]
+            if keys:
+                picks = [f'$."{path}"' for path in paths]
+            else:
+                picks = ["$" + "".join(f'."{p}"' for p in path.split(".")) for path in paths]
             # Of one path json_extract returns the SQL value itself (a string unquoted, a
             # boolean as 0 or 1); of two or more, a JSON array, which is what we want.
             if len(picks) == 1:
                 picks.append(picks[0])
             return sa.func.json_extract(column, *picks, type_=sa.Text)
-        arrays = [
-            sa.literal(path.split("."), postgresql.ARRAY(sa.Text), literal_execute=True)
-            for path in paths
-        ]
-        return sa.func.jsonb_build_array(
-            *[column.op("#>")(a) for a in arrays], type_=postgresql.JSONB
-        )
+        if keys:
+            values = [
+                column.op("->")(sa.literal(path, sa.Text, literal_execute=True)) for path in paths
+            ]
+        else:
+            values = [
+                column.op("#>")(
+                    sa.literal(path.split("."), postgresql.ARRAY(sa.Text), literal_execute=True)
+                )
+                for path in paths
+            ]
+        return sa.func.jsonb_build_array(*values, type_=postgresql.JSONB)
 
     @staticmethod
     def _decode_values(paths: list[str], raw: Any) -> dict[str, Any]:

@@ -1000,8 +1000,11 @@ class _RunContext:
             return
         overlay = {ref: lk for (conn, ref), lk in self.overlay.links.items() if conn == name}
         pending = self.store.pending_conflict_fields(name)
-        # Only the pushed paths of each project are read (by the database), not its JSON.
-        for chunk in self.store.linked_projects(name, paths=paths):
+        # Only the pushed paths of each project are read (by the database), not its JSON,
+        # and only of projects where one of them differs from the base: an idle cycle reads
+        # next to nothing. A dry run's overlay is not in the store: it reads them all.
+        differing = not (self.overlay.projects or self.overlay.bases)
+        for chunk in self.store.linked_projects(name, paths=paths, differing=differing):
             for item in chunk:
                 lk = item.link
                 if lk.ref in overlay:
