@@ -747,3 +747,22 @@ def test_a_role_the_field_has_no_option_for_is_skipped_before_any_write(
         assert emulator.persons == {} and emulator.participants_of(deal) == []
         record = conn.update(str(deal), {"stakeholders": people[:1]}, expected_version=None)
         assert record.fields["stakeholders"] == people[:1]
+
+
+def test_without_participants_only_the_contact_person_is_read_and_written(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    deal = emulator.add_deal(title="Acme", person_id=person_with(emulator, "Wang Fang"))
+    ana = person_with(emulator, "Ana Lima")
+    emulator.add_participant(deal, ana)
+    with make_connector(emulator, participants=False) as conn:
+        records, _ = pull_all(conn, Cursor(), emulator.clock(), full=True)
+        assert [s["name"] for s in records[0].fields["stakeholders"]] == ["Wang Fang"]
+        assert emulator.controls.count("GET", f"/v1/deals/{deal}/participants") == 0
+        two = [stakeholder("Wang Fang"), stakeholder("Bo Chen")]
+        with pytest.raises(SkippableRecord, match="`participants` is off"):
+            conn.update(str(deal), {"stakeholders": two}, expected_version=None)
+        record = conn.update(str(deal), {"stakeholders": two[1:]}, expected_version=None)
+        assert record.fields["stakeholders"] == two[1:]
+        bo = emulator.deal(deal)["person_id"]
+        assert emulator.participants_of(deal)[1:] == [ana, bo], "participants left as they were"

@@ -59,7 +59,9 @@ one out of place removed and added again after the others. Pulls ask the deal li
 ``participants_count`` and read the participants only of deals that have people besides the
 contact person (one request per such deal: Pipedrive has no listing of participants across
 deals). A person's own edits (a new title) do not change the deal: incremental pulls see them
-once the deal changes, full pulls always.
+once the deal changes, full pulls always. With ``participants = false`` only the contact person
+is read and written; participants are left alone, and more than one stakeholder is refused
+(skipped) rather than half written.
 
 The canonical id is stamped in a text deal field (``stamp_field``, default "Salesbridge ID");
 ``find_by_stamp`` searches it with ``GET /api/v2/deals/search``.
@@ -615,7 +617,7 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         if people is not None:
             if current is None:
                 raise StaleVersion(ref, expected_version, None, connector=self.name)
-            parts = self._participants(deal_id)
+            parts = self._participants(deal_id) if self.config.participants else []
             org_id = body.get("org_id", current.get("org_id"))
             wanted = self._resolve_people(meta, current, parts, people, org_id, ref=ref)
             primary = wanted[0] if wanted else None
@@ -624,7 +626,7 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         deal = self._send("PATCH", f"{V2}deals/{deal_id}", body) if body else None
         if body and deal is None:
             raise StaleVersion(ref, expected_version, None, connector=self.name)
-        if people is not None:
+        if people is not None and self.config.participants:
             if "person_id" in body:  # a new contact person may have joined the participants
                 parts = self._participants(deal_id)
             self._write_participants(deal_id, wanted, parts)
@@ -1007,13 +1009,14 @@ class PipedriveConnector(Connector[PipedriveConfig]):
     def _people_to_write(self, lists: dict[str, list[Row]], *, ref: str) -> list[Row] | None:
         """The stakeholders to write (taken out of ``lists``), or None when not written."""
         people = lists.pop("stakeholders", None)
+        why = None
         if people is not None and not self._people:
-            raise SkippableRecord(
-                ref,
-                "stakeholders are not written: the connector's `persons` setting is off",
-                connector=self.name,
-                payload={"stakeholders": people},
-            )
+            why = "stakeholders are not written: the connector's `persons` setting is off"
+        elif people and len(people) > 1 and not self.config.participants:
+            # Only the contact person would read back: the others would be lost in the hub.
+            why = "only one stakeholder (the contact person) is kept: `participants` is off"
+        if why is not None:
+            raise SkippableRecord(ref, why, connector=self.name, payload={"stakeholders": people})
         return people
 
     def _resolve_people(
