@@ -498,6 +498,11 @@ class Evaluator:
             RuleResult(r, "skip", why=f"only {', '.join(sorted(r.statuses))} projects")
             for r in self.rules
         )
+        # Each admission rule's decision (immutable, the same for every project it admits).
+        self._admissions = tuple(
+            (a, AdmissionDecision(a.track, admission_version, a.id, a.reason))
+            for a in self.admission_rules
+        )
         # The hot loop's view of each rule: everything it touches, unpacked once.
         self._rows: tuple[_Row, ...] = tuple(
             (
@@ -583,10 +588,10 @@ class Evaluator:
         """The first admission rule that holds decides; one that fails on this project is
         passed over (and named in the decision's ``error`` if nothing else decides)."""
         error = None
-        for a in self.admission_rules:
+        for a, decided in self._admissions:
             value = a.when.run(facts)
             if value is True:
-                return AdmissionDecision(a.track, self.admission_version, a.id, a.reason)
+                return decided
             if value is not False:
                 error = f"{a.when.where}: {value}"
         if error is None:

@@ -442,12 +442,23 @@ def _value_test(c: Change) -> Callable[[Any, Any], bool] | None:
         return lambda old, _new: bool(old == value)
     if kind in ("later", "earlier"):
         later = kind == "later"
+        seen: dict[tuple[str, str], bool] = {}  # dates come as text, and repeat
 
-        def dates(old: Any, new: Any) -> bool:
+        def compare(old: Any, new: Any) -> bool:
             a, b = _date(old), _date(new)
             if a is None or b is None:
                 return False
             return b > a if later else b < a
+
+        def dates(old: Any, new: Any) -> bool:
+            if type(old) is not str or type(new) is not str:
+                return compare(old, new)
+            hit = seen.get((old, new))
+            if hit is None:
+                hit = compare(old, new)
+                if len(seen) < 20_000:
+                    seen[old, new] = hit
+            return hit
 
         return dates
     if kind == "risk_raised":
@@ -509,10 +520,8 @@ class FactPlan:
     )
     """(now, timezone) -> (today on that wall clock, each counter's window start): the same
     for every project of a sweep."""
-    flat_maps: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = field(
-        init=False, repr=False
-    )
-    """:attr:`flat_names` of the maps but ``custom``, as (map, keys, flat names)."""
+    flat_maps: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = field(init=False, repr=False)
+    """:attr:`flat_names` of the maps but ``custom`` (whose values are frozen)."""
     flat_custom: tuple[tuple[str, str], ...] = field(init=False, repr=False)
     frozen_names: tuple[tuple[str, str], ...] = field(init=False, repr=False)
     fx_float: Mapping[str, float] = field(init=False, repr=False)
@@ -538,11 +547,7 @@ class FactPlan:
             keys = {n: self.flat.get(n, ()) for n in keys}
         flat_names = tuple((n, tuple((k, f"{n}.{k}") for k in ks)) for n, ks in keys.items() if ks)
         object.__setattr__(self, "flat_names", flat_names)
-        flat_maps = tuple(
-            (n, tuple(k for k, _ in pairs), tuple(f for _, f in pairs))
-            for n, pairs in flat_names
-            if n != "custom"
-        )
+        flat_maps = tuple((n, pairs) for n, pairs in flat_names if n != "custom")
         object.__setattr__(self, "flat_maps", flat_maps)
         custom = next((pairs for n, pairs in flat_names if n == "custom"), ())
         object.__setattr__(self, "flat_custom", custom)
@@ -752,6 +757,7 @@ def derive(
     counts = dict.fromkeys(plan.counters, 0)
     latest_trigger: dict[str, Event] = {}
     handlers = plan.handlers
+    optional = plan.optional_stages
     for e in events:
         at = e.at
         if at > now:
@@ -766,19 +772,19 @@ def derive(
             last_update, last_update_by = at, e.actor
         if f == "stage":
             new, old = e.new, e.old
-            if isinstance(new, str):
-                entered_at[new] = at
             moves += 1
             last_move = e
-            i_old = index.get(old) if isinstance(old, str) else None
-            i_new = index.get(new) if isinstance(new, str) else None
-            if i_old is not None and i_new is not None:
-                if i_new < i_old:
-                    backward += 1
-                else:
-                    for k in stages[i_old + 1 : i_new]:
-                        if k not in plan.optional_stages and k not in skipped:
-                            skipped.append(k)
+            if isinstance(new, str):
+                entered_at[new] = at
+                i_new = index.get(new)
+                i_old = index.get(old) if isinstance(old, str) else None
+                if i_old is not None and i_new is not None:
+                    if i_new < i_old:
+                        backward += 1
+                    elif i_new > i_old + 1:
+                        for k in stages[i_old + 1 : i_new]:
+                            if k not in optional and k not in skipped:
+                                skipped.append(k)
         for test, meaningful_only, counters, triggers in watches:
             if meaningful_only and not meaningful:
                 continue
@@ -906,9 +912,9 @@ def derive(
         overdue[tid] = late
     facts["trigger_overdue"] = overdue
     # map entries stored flat
-    for name, keys, flat in plan.flat_maps:
+    for name, pairs in plan.flat_maps:
         m = facts[name]
-        for k, flat_name in zip(keys, flat, strict=True):
+        for k, flat_name in pairs:
             facts[flat_name] = m.get(k)
     for k, flat_name in plan.flat_custom:  # free-form values: frozen; absent is not null
         v = custom.get(k, ABSENT)
