@@ -766,3 +766,28 @@ def test_without_participants_only_the_contact_person_is_read_and_written(
         assert record.fields["stakeholders"] == two[1:]
         bo = emulator.deal(deal)["person_id"]
         assert emulator.participants_of(deal)[1:] == [ana, bo], "participants left as they were"
+
+
+def test_a_census_reads_participants_again_only_for_deals_that_changed(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    deals = [emulator.add_deal(title=f"Deal {i}", person_id=person_with(emulator, f"P{i}"))
+             for i in range(3)]  # fmt: skip
+    for deal in deals:
+        emulator.add_participant(deal, person_with(emulator, f"Other {deal}"))
+    with make_connector(emulator) as conn:
+        pull_all(conn, Cursor(), emulator.clock(), full=True)
+        parts = [e for e in emulator.controls.log if e.path.endswith("/participants")]
+        assert len(parts) == 3
+        emulator.controls.reset()
+        records, _ = pull_all(conn, Cursor(), emulator.clock(), full=True)
+        assert [e for e in emulator.controls.log if e.path.endswith("/participants")] == []
+        assert all(len(r.fields["stakeholders"]) == 2 for r in records)
+        emulator.add_participant(deals[1], person_with(emulator, "Newcomer"))
+        emulator.controls.reset()
+        records, _ = pull_all(conn, Cursor(), emulator.clock(), full=True)
+        assert [e.path for e in emulator.controls.log if e.path.endswith("/participants")] == [
+            f"/v1/deals/{deals[1]}/participants"
+        ]
+        got = {r.ref: [s["name"] for s in r.fields["stakeholders"]] for r in records}
+        assert got[str(deals[1])] == ["P1", f"Other {deals[1]}", "Newcomer"]

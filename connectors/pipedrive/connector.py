@@ -58,10 +58,13 @@ first becomes the contact person; participants missing are added, those not want
 one out of place removed and added again after the others. Pulls ask the deal listing for
 ``participants_count`` and read the participants only of deals that have people besides the
 contact person (one request per such deal: Pipedrive has no listing of participants across
-deals). A person's own edits (a new title) do not change the deal: incremental pulls see them
-once the deal changes, full pulls always. With ``participants = false`` only the contact person
-is read and written; participants are left alone, and more than one stakeholder is refused
-(skipped) rather than half written.
+deals); the connector keeps what it read, with the deal's version, and asks again only for a
+deal whose version changed (a participant added or removed moves the deal's update time and
+count), so a second census repeats none of these requests. A person's own edits (a new
+title) do not change the deal: incremental pulls see them once the deal changes, full pulls
+always (persons are read again, 100 a request). With ``participants = false`` only the
+contact person is read and written; participants are left alone, and more than one
+stakeholder is refused (skipped) rather than half written.
 
 The canonical id is stamped in a text deal field (``stamp_field``, default "Salesbridge ID");
 ``find_by_stamp`` searches it with ``GET /api/v2/deals/search``.
@@ -287,6 +290,8 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         self._meta: _Meta | None = None
         self._lock = threading.RLock()
         self._selected: frozenset[str] | None = None
+        self._known_participants: dict[int, tuple[str, list[tuple[int, int]]]] = {}
+        """Participants last read, by deal: (the deal's version then, participants)."""
 
     # ------------------------------------------------------------------ plumbing
 
@@ -793,7 +798,7 @@ class PipedriveConnector(Connector[PipedriveConfig]):
             self._people_fields(meta)  # fail before reading what could not round-trip
             if self.config.participants:
                 participants = {
-                    d["id"]: self._participants(d["id"])
+                    d["id"]: self._participants_of(d)
                     for d in deals
                     if isinstance(d.get("id"), int) and _has_others(d)
                 }
@@ -807,6 +812,20 @@ class PipedriveConnector(Connector[PipedriveConfig]):
                     found = [a for p in self._list("activities", {"deal_id": d["id"]}) for a in p]
                     activities[d["id"]] = found
         return _Around(orgs, persons, participants, activities)
+
+    def _participants_of(self, deal: Row) -> list[tuple[int, int]]:
+        """A listed deal's participants, read again only when the deal changed since: adding
+        or removing one moves the deal's update time and count, so its version tells."""
+        version = _version(deal) if "participants_count" in deal else None
+        with self._lock:
+            known = self._known_participants.get(deal["id"])
+        if version is not None and known is not None and known[0] == version:
+            return known[1]
+        parts = self._participants(deal["id"])
+        if version is not None:
+            with self._lock:
+                self._known_participants[deal["id"]] = (version, parts)
+        return parts
 
     def _participants(self, deal_id: int) -> list[tuple[int, int]]:
         """(participant id, person id) of a deal's participants, in the order added (v1)."""
