@@ -58,6 +58,7 @@ __all__ = [
     "Conflict",
     "DigestRecord",
     "Event",
+    "EventRow",
     "LinkConflict",
     "LinkedProject",
     "NewLink",
@@ -171,6 +172,11 @@ class Event:
     actor: str | None = None
     run_id: int | None = None
     id: int | None = None
+
+
+EventRow = tuple[str, datetime, str | None, str, str, Any, Any, bool, int | None]
+"""An event as a tuple: (project_id, at, actor, source, field, old, new, meaningful, run_id)."""
+_EVENT_KEYS = ("project_id", "at", "actor", "source", "field", "old", "new", "meaningful", "run_id")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -759,6 +765,31 @@ class Store:
                 conn.exec_driver_sql(sql, [(r[order[0]],) for r in rows])
             else:
                 conn.exec_driver_sql(sql, list(map(operator.itemgetter(*order), rows)))
+
+    def _bulk_rows(
+        self,
+        conn: Connection,
+        key: str,
+        stmt: sa.ClauseElement,
+        keys: tuple[str, ...],
+        rows: list[tuple[Any, ...]],
+    ) -> None:
+        """:meth:`_bulk` for rows as tuples of values for ``keys``, in that order."""
+        cached = self._compiled.get(key)
+        if cached is None:
+            compiled = cast(SQLCompiler, stmt.compile(dialect=conn.dialect, column_keys=keys))
+            order = tuple(compiled.positiontup or ()) if compiled.positional else None
+            if set(compiled.binds) - set(keys):
+                raise AssertionError(f"{key}: parameters {sorted(compiled.binds)} vs {keys}")
+            cached = self._compiled[key] = (compiled.string, order)
+        sql, order = cached
+        if order is None:
+            conn.exec_driver_sql(sql, [dict(zip(keys, r, strict=True)) for r in rows])
+        elif order == keys:
+            conn.exec_driver_sql(sql, rows)
+        else:
+            pick = operator.itemgetter(*(keys.index(k) for k in order))
+            conn.exec_driver_sql(sql, list(map(pick, rows)))
 
     def _in(self, column: sa.ColumnElement[str], values: Sequence[str]) -> sa.ColumnElement[bool]:
         """``column IN (values)``.
@@ -1423,30 +1454,38 @@ class Store:
 
     def append_events(self, events: Iterable[Event]) -> int:
         """Append to the event log (ids are assigned by the database); returns how many."""
+        return self.append_event_rows(
+            (e.project_id, e.at, e.actor, e.source, e.field, e.old, e.new, e.meaningful, e.run_id)
+            for e in events
+        )
+
+    def append_event_rows(self, rows: Iterable[EventRow]) -> int:
+        """:meth:`append_events` for plain tuples (see :data:`EventRow`): what a bulk writer
+        such as a sync of a page uses, without building an :class:`Event` per row."""
         dt = self._dt
         when: dict[datetime, Any] = {}  # a step's events mostly share one time
-        rows = []
-        for e in events:
-            at = when.get(e.at)
-            if at is None:
-                at = when[e.at] = dt(e.at)
-            rows.append(
-                {
-                    "project_id": e.project_id,
-                    "at": at,
-                    "actor": e.actor,
-                    "source": e.source,
-                    "field": e.field,
-                    "old": _json_value(e.old),
-                    "new": _json_value(e.new),
-                    "meaningful": bool(e.meaningful),
-                    "run_id": e.run_id,
-                }
+        out = []
+        for pid, at, actor, source, path, old, new, meaningful, run_id in rows:
+            stamp = when.get(at)
+            if stamp is None:
+                stamp = when[at] = dt(at)
+            out.append(
+                (
+                    pid,
+                    stamp,
+                    actor,
+                    source,
+                    path,
+                    _json_value(old),
+                    _json_value(new),
+                    bool(meaningful),
+                    run_id,
+                )
             )
-        if rows:
+        if out:
             with self._use(write=True) as conn:
-                self._bulk(conn, "append_events", sa.insert(t.events), rows)
-        return len(rows)
+                self._bulk_rows(conn, "append_events", sa.insert(t.events), _EVENT_KEYS, out)
+        return len(out)
 
     def events_for(
         self,

@@ -42,7 +42,7 @@ from bridge.errors import (
 from bridge.mapping import MappingSpec
 from bridge.model import SalesProject, get_path, new_project_id, path_adapter, set_path
 from bridge.store import Store
-from bridge.store.store import Event, NewLink, StoredLink
+from bridge.store.store import Event, EventRow, NewLink, StoredLink
 from bridge.sync.merge import NO_BASE, Decision, Policy, merge_field
 from bridge.sync.plan import KEEP_STEPS, Action, Change, Plan, Step
 from connectors.base import Connector, ConnectorConfig, Cursor, Page, RemoteRecord
@@ -706,7 +706,7 @@ class _RunContext:
         st = self.store
         links = reads.links
         projects: list[dict[str, Any]] = []
-        events: list[Event] = []
+        events: list[EventRow] = []
         new_links: list[NewLink] = []
         seen: dict[str, tuple[str | None, str | None]] = {}  # ref -> (version, url), last wins
         bases: dict[str, dict[str, Any]] = {}
@@ -719,7 +719,7 @@ class _RunContext:
             rec = s.record
             if s.changes or s.action == "create_project" or s.history:
                 projects.append(s.project)
-                events += self._step_events(name, s, rid)
+                events += self._step_event_rows(name, s, rid)
             if s.action in ("create_project", "link"):
                 new_links.append(NewLink(s.project_id, name, rec.ref, rec.version, rec.url))
             else:
@@ -728,7 +728,7 @@ class _RunContext:
                 bases.setdefault(s.project_id, {}).update(s.bases)
             synced.append(rec.ref)
         st.put_projects(projects)
-        st.append_events(events)
+        st.append_event_rows(events)
         st.link_many(new_links)
         versions: dict[str, str | None] = {}
         for ref, (version, url) in seen.items():
@@ -756,39 +756,43 @@ class _RunContext:
     def _step_events(self, name: str, s: Step, rid: int | None) -> list[Event]:
         """The events one pulled step appends: the tool's own history, then the changes its
         history did not already say (those carry the record's modification time)."""
+        return [
+            Event(
+                project_id=pid,
+                at=at,
+                actor=actor,
+                source=source,
+                field=path,
+                old=old,
+                new=new,
+                meaningful=meaningful,
+                run_id=run,
+            )
+            for pid, at, actor, source, path, old, new, meaningful, run in self._step_event_rows(
+                name, s, rid
+            )
+        ]
+
+    def _step_event_rows(self, name: str, s: Step, rid: int | None) -> list[EventRow]:
+        """:meth:`_step_events` as :data:`~bridge.store.store.EventRow` tuples, the form a
+        page's events are written in (no Event object per changed field)."""
         assert s.project_id is not None and s.record is not None
         rec = s.record
-        covered = {e.field for e in s.history}
-        out = [
-            Event(
-                project_id=s.project_id,
-                at=e.at,
-                field=e.field,
-                old=e.old,
-                new=e.new,
-                source=e.source,
-                meaningful=True,
-                actor=e.actor,
-                run_id=rid,
-            )
-            for e in s.history
+        pid = s.project_id
+        out: list[EventRow] = [
+            (pid, e.at, e.actor, e.source, e.field, e.old, e.new, True, rid) for e in s.history
         ]
         at = rec.updated_at or self.signpost
-        out += [
-            Event(
-                project_id=s.project_id,
-                at=at,
-                field=c.path,
-                old=c.old,
-                new=c.new,
-                source=name,
-                meaningful=True,
-                actor=rec.updated_by,
-                run_id=rid,
-            )
-            for c in s.changes
-            if c.path not in covered  # the tool's history said it, with the real time
-        ]
+        actor = rec.updated_by
+        if out:
+            covered = {e.field for e in s.history}
+            out += [
+                (pid, at, actor, name, c.path, c.old, c.new, True, rid)
+                for c in s.changes
+                if c.path not in covered  # the tool's history said it, with the real time
+            ]
+        else:
+            out = [(pid, at, actor, name, c.path, c.old, c.new, True, rid) for c in s.changes]
         return out
 
     def _overlay_step(self, name: str, s: Step) -> None:
