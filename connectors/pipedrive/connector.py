@@ -42,8 +42,9 @@ through ``GET /api/v2/personFields``; an option's label is the value in words, a
 ("Decision maker", "Economic buyer", "Influencer", "Champion", "User", "Technical buyer",
 "Blocker", "Other"; "Supportive", "Neutral", "Opposed", "Unknown"). An empty field, or a label
 that is none of these, reads as "other" / "unknown". The fields are required while configured:
-a pull or write of stakeholders fails, saying how to add them, when the account lacks one,
-because a round trip through Pipedrive would otherwise turn every hub role into "other". Set
+pulls and stakeholder writes fail (FatalError), saying how to add them, when the account lacks
+one, because a round trip through Pipedrive would otherwise turn every hub role into "other",
+and ``check()`` says so. A mapping without stakeholders needs neither (see ``select``). Set
 ``role_field = ""`` (or ``attitude_field``) to do without; the values then read as "other" /
 "unknown" and are never written, so map stakeholders one way (``direction = "pull"``) or let
 another tool own them. A role is per *person*, not per deal: someone who is the decision maker
@@ -75,13 +76,14 @@ cursor position is ``<time>|<id>:<digest>,...``: the deals already read at that 
 dropped before anything else is fetched for them. A pull with no change costs one request.
 Deleted and archived deals leave the v2 listing: full pulls (reconciliation) find them gone.
 
-Versions are ``<update_time>#<hash of the deal's data>``, so two edits in one second still
-differ. Pipedrive has no conditional write, so an update with ``expected_version`` reads the
-deal first (one GET) and refuses with StaleVersion when it changed. The PATCH answers with the
-deal as written, which gives the new version: the record returned reads the deal's
-organization, people and activities only when its caller looks at those fields, so a push of
-plain deal fields costs two requests. Writing participants or activities moves the deal's
-update time, so such a write reads the deal once more for its version.
+Versions are ``<update_time>#<hash of the deal's data>`` (``participants_count`` included while
+participants are read), so two edits in one second still differ. Pipedrive has no conditional
+write, so an update with ``expected_version`` reads the deal first (one GET) and refuses with
+StaleVersion when it changed. The PATCH answers with the deal as written, which gives the new
+version: the record returned reads the deal's organization, people and activities only when
+its caller looks at those fields, so a push of plain deal fields costs two requests. Writing
+participants or activities moves the deal's update time, so such a write reads the deal once
+more for its version.
 """
 
 from __future__ import annotations
