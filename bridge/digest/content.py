@@ -284,7 +284,7 @@ def _compliance(
 
 def _attention(
     histories: Sequence[kpi.History],
-    evaluations: Mapping[str, Any],
+    overdue_updates: Mapping[str, tuple[Any, Any] | None],
     refs: Mapping[str, ProjectRef],
     since: datetime,
     now: datetime,
@@ -300,15 +300,15 @@ def _attention(
             continue
         pid = str(data["id"])
         ref = refs[pid]
-        ev = evaluations.get(pid)
-        facts = ev.facts if ev is not None else {}
-        if ev is not None and ev.admission.tracked and facts.get("cadence_ok") is False:
+        late = overdue_updates.get(pid)
+        if late is not None:
+            days, limit = late
             overdue.append(
                 {
                     "project": ref,
                     "kind": "overdue_update",
-                    "days": facts.get("idle_days"),
-                    "limit": str(facts.get("cadence_limit") or ""),
+                    "days": days,
+                    "limit": str(limit or ""),
                 }
             )
         close = kpi._date(data.get("expected_close_date"))
@@ -466,10 +466,11 @@ class DigestRun:
 
     Read once per run: the live projects, the violations, each project's event log (when a
     scope first needs it). Computed once per project: its reference, its evaluation by the rule
-    pack at ``now``, and its share of each period's KPIs (:func:`kpi.share`, which evaluates the
-    pack on the project as it was at the period's end). Per scope, ``since`` and timezone: the
-    sums of those shares, compliance, attention, freshness (:class:`_Part`). Per recipient: the
-    recipient's own fields and the masking of amounts.
+    pack at ``now`` (of which only an overdue update is kept), and its share of each period's
+    KPIs (:func:`kpi.share`, which evaluates the pack on the project as it was at the period's
+    end). Per scope, ``since`` and timezone: the sums of those shares, compliance, attention,
+    freshness (:class:`_Part`). Per recipient: the recipient's own fields and the masking of
+    amounts.
 
     A run is a snapshot: build it, build the digests, drop it. Projects or violations written
     to the store after its first read are not seen by it.
@@ -503,7 +504,7 @@ class DigestRun:
         self._events: dict[str, list[Event]] = {}
         self._refs: dict[str, ProjectRef] = {}
         self._items: dict[int, ViolationItem] = {}
-        self._evaluations: dict[str, Any] = {}
+        self._overdue: dict[str, tuple[Any, Any] | None] = {}
         self._shares: dict[tuple[str, bool, str], kpi.Share] = {}
         self._scoped: dict[Any, list[kpi.History]] = {}
         self._parts: dict[tuple[Any, datetime, str], _Part] = {}
@@ -551,15 +552,21 @@ class DigestRun:
             item = self._items[v.id] = _item(v, ref, self.pack)
         return item
 
-    def evaluation(self, h: kpi.History) -> Any:
-        """The pack's evaluation of the project at ``now``."""
+    def overdue_update(self, h: kpi.History) -> tuple[Any, Any] | None:
+        """(idle days, cadence limit) when the pack, evaluated at ``now``, finds the project
+        tracked and past its update cadence; else None. Only this is kept of the evaluation:
+        a run holds one per project, and a whole evaluation (every fact) is large."""
         data = h.data
         pid = str(data["id"])
-        ev = self._evaluations.get(pid)
-        if ev is None:
-            ev = self.pack.evaluate(data, h.events, self.now, self._cal_of(data.get("team")))
-            self._evaluations[pid] = ev
-        return ev
+        if pid in self._overdue:
+            return self._overdue[pid]
+        ev = self.pack.evaluate(data, h.events, self.now, self._cal_of(data.get("team")))
+        facts = ev.facts
+        found = None
+        if ev.admission.tracked and facts.get("cadence_ok") is False:
+            found = (facts.get("idle_days"), facts.get("cadence_limit"))
+        self._overdue[pid] = found
+        return found
 
     def share(self, h: kpi.History, previous: bool, money: kpi.MoneyConverter) -> kpi.Share:
         key = (str(h.data["id"]), previous, money.base)
@@ -603,12 +610,12 @@ class DigestRun:
         # compliance: the store's violations (the sweep's record) of in-scope projects only
         violations = [v for v in self.violations() if v.project_id in refs]
         compliance = _compliance(violations, refs, since, self.pack, self._item)
-        evaluations = {
-            str(h.data["id"]): self.evaluation(h)
+        overdue = {
+            str(h.data["id"]): self.overdue_update(h)
             for h in histories
             if h.data.get("status") == "open"
         }
-        attention = _attention(histories, evaluations, refs, since, self.now, tz)
+        attention = _attention(histories, overdue, refs, since, self.now, tz)
         money = self._money(histories)
         cur = self._figures(histories, False, money)
         prev = self._figures(histories, True, money)
