@@ -738,7 +738,17 @@ class _RunContext:
             else:  # the URL changed: written on its own
                 st.update_link_version(name, ref, version, url)
         st.update_link_versions(name, versions)
-        whole = {pid: {**reads.bases[pid], **b} for pid, b in bases.items() if pid in reads.bases}
+        # Projects created with a new id have no bases yet: nothing to read and merge either.
+        fresh = {
+            s.project_id
+            for s in steps
+            if s.action == "create_project" and s.project_id not in reads.bases
+        }
+        whole = {
+            pid: {**reads.bases.get(pid, {}), **b}
+            for pid, b in bases.items()
+            if pid in reads.bases or pid in fresh
+        }
         st.set_bases_many(name, whole, replace=True)
         st.set_bases_many(name, {pid: b for pid, b in bases.items() if pid not in whole})
         for s in steps:
