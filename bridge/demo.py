@@ -1122,11 +1122,12 @@ def _body(html: str) -> str:
 
 def _outputs(rt: Runtime, out: Path, pack: Any, now: datetime) -> list[Path]:
     """The director's digest in both languages and the tracking table."""
-    from bridge.digest import render_digest
+    from bridge.digest import digest_run, render_digest
     from bridge.export import export
 
+    run = digest_run(rt.store, rt.loaded, now, pack)  # both languages share one read
     html = {
-        lang: render_digest(rt.store, rt.loaded, "director", lang, now)[0]
+        lang: render_digest(rt.store, rt.loaded, "director", lang, now, run=run)[0]
         for lang in ("en", "zh-CN")
     }
     digest = out / "digest.html"

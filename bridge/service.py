@@ -335,10 +335,12 @@ class Service:
             extra={"event": "rules_swept", "violations": len(report.failing)},
         )
 
-    def send_digest(self, recipient: str) -> None:
+    def send_digest(self, *recipients: str) -> None:
+        """Send these recipients' digests from one run: the store is read, and every project
+        evaluated, once for all of them."""
         from bridge.digest import send_digests
 
-        send_digests(self.rt.store, self.loaded, only=[recipient])
+        send_digests(self.rt.store, self.loaded, only=list(recipients))
 
     # ------------------------------------------------------------------ scheduler
 
@@ -376,13 +378,17 @@ class Service:
             id="rules:sweep",
             replace_existing=True,
         )
+        # Recipients on the same schedule in the same timezone share one job, so one digest
+        # run serves them all (the costly part is per run, not per recipient).
+        due: dict[tuple[str, str], list[str]] = {}
         for rname, rec in cfg.recipients.items():
-            tz = rec.timezone or cfg.timezone
+            due.setdefault((rec.schedule, str(rec.timezone or cfg.timezone)), []).append(rname)
+        for (schedule, tz), names in due.items():
             sched.add_job(
                 self.send_digest,
-                CronTrigger.from_crontab(rec.schedule, timezone=tz),
-                args=[rname],
-                id=f"digest:{rname}",
+                CronTrigger.from_crontab(schedule, timezone=tz),
+                args=names,
+                id=f"digest:{','.join(names)}",
                 replace_existing=True,
             )
         sched.add_listener(self._job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)

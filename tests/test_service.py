@@ -233,3 +233,29 @@ def test_webhooks_command_explains_what_it_cannot_do(workspace: Path) -> None:
     )
     assert isinstance(memory.exception, UserError), memory.output
     assert "cannot manage memory webhooks" in str(memory.exception)
+
+
+def test_recipients_due_together_share_one_digest_job(workspace: Path) -> None:
+    config = workspace / "salesbridge.toml"
+    people = "".join(
+        f"""
+[recipients.{r}]
+name = "{r.upper()}"
+email = "{r}@example.com"
+teams = ["sales"]
+schedule = "0 8 * * mon"
+timezone = "{tz}"
+"""
+        for r, tz in (("a", "Asia/Shanghai"), ("b", "Asia/Shanghai"), ("c", "Europe/Berlin"))
+    )
+    config.write_text(
+        config.read_text(encoding="utf-8")
+        + '\n[teams.sales]\nlabel = "Sales"\nlabel_zh = "销售"\n'
+        + '\n[smtp]\nhost = "127.0.0.1"\nsender = "bridge@example.com"\n'
+        + people,
+        encoding="utf-8",
+    )
+    with open_runtime(load_config(config)) as rt:
+        svc = Service(rt)
+        jobs = {j.id: j.args for j in svc.scheduler.get_jobs() if j.id.startswith("digest:")}
+    assert jobs == {"digest:a,b": ("a", "b"), "digest:c": ("c",)}
