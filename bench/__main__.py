@@ -30,7 +30,6 @@ SIZES = {
         "rss": [1_000, 10_000, 100_000],
         "rules": [10_000, 100_000],
         "digest": 10_000,
-        "digest_sample": 1,
     },
     "quick": {
         "requests": [200, 1_000],
@@ -40,7 +39,6 @@ SIZES = {
         "rss": [1_000, 5_000, 20_000],
         "rules": [2_000],
         "digest": 1_000,
-        "digest_sample": 2,
     },
 }
 # Why a tool is not measured at the large size, when it is left out of "requests_large".
@@ -136,7 +134,7 @@ def main() -> None:
     def digest() -> Any:
         from bench.digest_bench import measure
 
-        return measure(sizes["digest"], sizes["digest_sample"])
+        return measure(sizes["digest"])
 
     for name, fn in (
         ("requests", requests),

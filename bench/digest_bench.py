@@ -56,12 +56,8 @@ def config_data() -> dict[str, Any]:
     }
 
 
-def measure(n: int, sample: int | None = None) -> dict[str, Any]:
-    """Render all 20 recipients in both languages from one run and time the whole.
-
-    ``sample`` is accepted for older callers and ignored: renders share the run's work, so a
-    sample's time says nothing about the total."""
-    del sample
+def measure(n: int) -> dict[str, Any]:
+    """Render all 20 recipients in both languages from one run and time the whole."""
     loaded = load_config(None, data=config_data())
     out: dict[str, Any] = {"projects": n, "recipients": RECIPIENTS}
     with store_at(None) as (store, _):

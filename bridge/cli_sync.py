@@ -66,7 +66,7 @@ def _print_report(report: SyncReport, as_json: bool) -> None:
                     n: {"status": r.status, "error": r.error, "counts": dict(r.counts)}
                     for n, r in report.connectors.items()
                 },
-                "writes": rows if report.dry_run else len(rows),
+                "writes": rows if report.dry_run else report.plan.row_count,
             }
         )
         return
