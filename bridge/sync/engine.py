@@ -973,15 +973,21 @@ class _RunContext:
             self.progress(name, "push", 1)
 
     def _push_batch(self, name: str, batch: Any, steps: list[Step]) -> None:
-        """One call for many updates, where the tool has a batch API (Salesforce Collections).
+        """One call for many updates, where the tool can batch them (Salesforce Collections,
+        Asana's batch API, or version reads of many records in one request).
 
-        ``update_many({ref: fields})`` returns, per ref, the record as written or the error for
-        that record; a whole-call failure (auth, network) fails the tool for this run.
+        ``update_many({ref: fields}, {ref: expected version})`` returns, per ref, the record as
+        written or the error for that record: StaleVersion where the record's version is no
+        longer the expected one (the update is deferred to the next cycle, as for a single
+        update). A whole-call failure (auth, network) fails the tool for this run.
         """
         counts = self.report.connectors[name].counts
         r = self.report.connectors[name]
         try:
-            results = batch({s.ref: s.remote_fields for s in steps})
+            results = batch(
+                {s.ref: s.remote_fields for s in steps},
+                {s.ref: (s.project or {}).get("expected_version") for s in steps},
+            )
         except (AuthError, RetriableError) as exc:
             r.status, r.error = "failed", f"push: {exc}"
             log.warning("%s: %s", name, r.error)

@@ -523,7 +523,9 @@ class SalesforceConnector(Connector[SalesforceConfig]):
         return updated
 
     def update_many(
-        self, changes: Mapping[str, Mapping[str, Any]]
+        self,
+        changes: Mapping[str, Mapping[str, Any]],
+        expected_versions: Mapping[str, str | None] | None = None,
     ) -> dict[str, RemoteRecord | ConnectorError]:
         """Update many records, 200 per sObject Collections request (``allOrNone: false``).
 
