@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from connectors.base import Connector, Cursor, Page, RemoteRecord, StaleVersion
+from connectors.base import Connector, ConnectorError, Cursor, Page, RemoteRecord, StaleVersion
 
 
 def new_stamp() -> str:
@@ -261,6 +261,82 @@ class ConnectorContract:
         change = {self.editable_field: self.editable_values[0]}
         updated = connector.update(created.ref, change, expected_version=None)
         assert updated.fields[self.editable_field] == self.editable_values[0]
+
+    # -- batch updates: only for a connector with ``update_many`` (the engine's batch hook)
+
+    def update_many(
+        self,
+        connector: Connector[Any],
+        changes: Mapping[str, Mapping[str, Any]],
+        expected: Mapping[str, str | None],
+    ) -> dict[str, RemoteRecord | ConnectorError]:
+        batch = getattr(connector, "update_many", None)
+        if not callable(batch):
+            pytest.skip(f"{self.kind} has no update_many")
+        results: dict[str, RemoteRecord | ConnectorError] = batch(changes, expected)
+        assert set(results) == set(changes), "update_many must answer for every ref"
+        return results
+
+    def test_update_many_returns_the_records_as_get_reads_them(
+        self, connector: Connector[Any]
+    ) -> None:
+        """The version returned is the one the engine stores as the link's: it must be the
+        record's current version, or the next update would be refused (or, worse, pass)."""
+        if not callable(getattr(connector, "update_many", None)):
+            pytest.skip(f"{self.kind} has no update_many")
+        created = [self.create(connector)[0] for _ in range(3)]
+        self.pause()
+        change = {self.editable_field: self.editable_values[1]}
+        results = self.update_many(
+            connector, {c.ref: change for c in created}, {c.ref: c.version for c in created}
+        )
+        for c in created:
+            result = results[c.ref]
+            assert isinstance(result, RemoteRecord), f"{c.ref}: {result!r}"
+            assert result.ref == c.ref
+            assert result.version and result.version != c.version
+            assert result.fields.get(self.editable_field) == self.editable_values[1]
+            got = connector.get(c.ref)
+            assert got is not None
+            assert got.version == result.version, f"{c.ref}: returned {result.version}"
+            self.assert_fields_match({**self.fields(), **change}, got.fields)
+
+    def test_update_many_refuses_only_the_record_edited_since(
+        self, connector: Connector[Any]
+    ) -> None:
+        """A person's edit between the bridge's pull and its batch push is not overwritten:
+        that ref alone is StaleVersion (deferred by the engine), the others are written."""
+        if not callable(getattr(connector, "update_many", None)):
+            pytest.skip(f"{self.kind} has no update_many")
+        if not self.detects_stale_versions:
+            pytest.skip(f"{self.kind} cannot tell a stale version")
+        first, edited, last = (self.create(connector)[0] for _ in range(3))
+        self.pause()
+        self.remote_edit(connector, edited.ref, {self.editable_field: self.editable_values[1]})
+        after_edit = connector.get(edited.ref)
+        assert after_edit is not None
+        self.pause()
+        ours = {self.editable_field: self.editable_values[1]}
+        theirs = {self.editable_field: self.editable_values[0]}  # would undo the person's edit
+        results = self.update_many(
+            connector,
+            {first.ref: ours, edited.ref: theirs, last.ref: ours},
+            {c.ref: c.version for c in (first, edited, last)},
+        )
+        refused = results[edited.ref]
+        assert isinstance(refused, StaleVersion), f"{edited.ref}: {refused!r}"
+        assert refused.ref == edited.ref
+        got = connector.get(edited.ref)
+        assert got is not None
+        assert got.fields[self.editable_field] == self.editable_values[1], "refused, yet written"
+        assert got.version == after_edit.version, "refused, yet the record changed"
+        for c in (first, last):
+            result = results[c.ref]
+            assert isinstance(result, RemoteRecord), f"{c.ref}: {result!r}"
+            now = connector.get(c.ref)
+            assert now is not None
+            assert now.version == result.version
+            assert now.fields[self.editable_field] == self.editable_values[1]
 
     def test_archived_record_is_gone(self, connector: Connector[Any]) -> None:
         if not self.supports_archive:
