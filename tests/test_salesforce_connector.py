@@ -175,9 +175,11 @@ def test_an_incremental_pull_without_changes_costs_one_query(
     assert {r.version for r in again} <= {r.version for r in records}  # the overlap re-reads
 
 
-def test_500_changed_projects_are_written_in_3_requests(
+def test_500_changed_projects_are_written_in_9_requests(
     org: SalesforceOrg, emulator: SalesforceEmulator, crm: SalesforceConnector
 ) -> None:
+    """Per 200 records: a query of their versions, the collections PATCH, a query reading
+    them back (their new versions)."""
     spec = spec_for(crm)
     refs = [
         org.insert("Opportunity", opportunity(Name=f"Deal {i}", Amount=100.0)) for i in range(500)
@@ -189,20 +191,56 @@ def test_500_changed_projects_are_written_in_3_requests(
         )
         for i, ref in enumerate(refs)
     }
+    expected = {ref: (org.get("Opportunity", ref) or {})["SystemModstamp"] for ref in refs}
     emulator.controls.reset()
     crm.http.counter.snapshot(reset=True)
 
-    results = crm.update_many(changes)
+    results = crm.update_many(changes, expected)
 
-    assert emulator.controls.count() == 3
+    assert emulator.controls.count() == 9
     assert emulator.controls.count("PATCH", "/services/data/v59.0/composite/sobjects") == 3
-    assert crm.http.counter.snapshot().total == 3
+    assert emulator.controls.count("GET", "/services/data/v59.0/query") == 6
+    assert crm.http.counter.snapshot().total == 9
     assert all(isinstance(r, RemoteRecord) for r in results.values()), results
     stored = org.get("Opportunity", refs[499])
     assert stored is not None
     assert (stored["Amount"], stored["CurrencyIsoCode"], stored["StageName"]) == (
         1499.5, "EUR", "Negotiation/Review",
     )  # fmt: skip
+    last = results[refs[499]]
+    assert isinstance(last, RemoteRecord)
+    assert last.version == crm.get(refs[499]).version  # type: ignore[union-attr]
+
+
+def test_a_batch_update_leaves_a_record_edited_since_the_pull_alone(
+    org: SalesforceOrg, emulator: SalesforceEmulator, crm: SalesforceConnector
+) -> None:
+    """The lost update the collections write used to make: a person's edit between the
+    bridge's pull and its push is kept; that record is StaleVersion, the others are written."""
+    spec = spec_for(crm)
+    refs = [org.insert("Opportunity", opportunity(Name=f"Deal {i}")) for i in range(3)]
+    pulled = {ref: crm.get(ref) for ref in refs}
+    org.update(
+        "Opportunity", refs[1], {"StageName": "Closed Lost"},
+        actor=org.user_id("li.wei@acme.example"),
+    )  # fmt: skip
+    emulator.controls.reset()
+
+    results = crm.update_many(
+        {ref: spec.to_remote({"stage": "negotiation"}) for ref in refs},
+        {ref: record.version for ref, record in pulled.items() if record is not None},
+    )
+
+    assert emulator.controls.count() == 3  # versions, PATCH of two, read-back
+    stale = results[refs[1]]
+    assert isinstance(stale, StaleVersion)
+    assert stale.expected == pulled[refs[1]].version  # type: ignore[union-attr]
+    assert (org.get("Opportunity", refs[1]) or {})["StageName"] == "Closed Lost"
+    for ref in (refs[0], refs[2]):
+        written = results[ref]
+        assert isinstance(written, RemoteRecord)
+        assert (org.get("Opportunity", ref) or {})["StageName"] == "Negotiation/Review"
+        assert written.version == crm.get(ref).version  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- writes

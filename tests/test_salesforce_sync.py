@@ -349,3 +349,46 @@ def test_a_stakeholder_and_a_next_step_added_on_the_board_reach_salesforce_once(
             assert bridge.hub(pid)["actions"] == [action, done]
         finally:
             bridge.close()
+
+
+def test_a_salesforce_edit_made_during_a_batch_push_is_not_overwritten(
+    bridge: SalesforceBridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The board changes two deals' descriptions; between the bridge's pull and its batch
+    push a person changes one of them in Salesforce. That one is deferred (the collections
+    write checks the versions first), the other is written; the person's text survives."""
+    org = bridge.org
+    refs = [add_deal(org, f"Deal {i}") for i in range(2)]
+    bridge.settle()
+    for ref in refs:
+        bridge.board_edit(
+            bridge.ref_of("board", bridge.project_of("crm", ref)), description="board"
+        )
+    batch = bridge.crm.update_many
+
+    def person_edits_first(changes: Any, expected: Any) -> Any:
+        org.update(
+            "Opportunity", refs[1], {"Description": "person"},
+            actor=org.user_id("bob@acme.example"),
+        )  # fmt: skip
+        return batch(changes, expected)
+
+    monkeypatch.setattr(bridge.crm, "update_many", person_edits_first)
+    report = bridge.sync()
+    monkeypatch.undo()
+
+    assert report.ok, report.connectors
+    counts = report.connectors["crm"].counts
+    assert (counts["pushed"], counts["deferred"]) == (1, 1), counts
+    assert org.records["Opportunity"][refs[0]]["Description"] == "board"
+    assert org.records["Opportunity"][refs[1]]["Description"] == "person"
+
+    # The next run pulls the person's edit: it meets the board's as a conflict, which the
+    # mapping's policy settles (the newer edit, the person's, wins) instead of losing it unseen.
+    report = bridge.sync()
+    assert report.ok, report.connectors
+    assert report.connectors["crm"].counts["conflicts"] == 1
+    pid = bridge.project_of("crm", refs[1])
+    assert bridge.hub(pid)["description"] == "person"
+    assert org.records["Opportunity"][refs[1]]["Description"] == "person"
+    assert bridge.board_values(bridge.ref_of("board", pid))["description"] == "person"
