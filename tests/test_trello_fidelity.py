@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from openapi_core import Config, OpenAPI
@@ -119,22 +120,46 @@ class Validator:
         for e in self.exchanges:
             if e.status >= 300:
                 continue  # most operations declare only 200; errors are checked by the tests
-            request = MockRequest(
-                "https://api.trello.com", e.method.lower(), e.path, args=dict(e.params)
-            )
-            response = MockResponse(
-                e.body, e.status, content_type=e.response_headers.get("content-type", "")
-            )
-            try:
-                self.openapi.validate_response(request, response)
-            except Exception as exc:  # every kind of mismatch is collected
-                detail = getattr(exc, "__cause__", None) or exc
-                errors = getattr(detail, "schema_errors", None) or [detail]
-                for err in errors:
-                    where = "/".join(str(p) for p in getattr(err, "absolute_path", []))
-                    message = str(err).splitlines()[0][:200]
-                    found[f"{e.method} {e.path.split('/')[2]}: {where} {message}"] += 1
+            content_type = e.response_headers.get("content-type", "")
+            self._check(found, e.method, e.path, dict(e.params), e.body, e.status, content_type)
+            if e.path == "/1/batch":
+                for route, answer in zip(dict(e.params)["urls"].split(","), e.json(), strict=True):
+                    self._check_route(found, route, answer)
         return found
+
+    def _check_route(self, found: Counter[str], route: str, answer: Any) -> None:
+        """One answer of GET /1/batch (which the spec describes as a bare 200): an object
+        whose one key is the route's status; a 200's value validates as that GET's answer."""
+        (status, body), *rest = answer.items()
+        if rest or not status.isdigit():
+            found[f"GET batch: an answer is not {{status: body}}: {answer!r:.100}"] += 1
+            return
+        if status == "200":
+            parts = urlsplit(route)
+            args = dict(parse_qsl(parts.query, keep_blank_values=True))
+            self._check(found, "GET", f"/1{parts.path}", args, json.dumps(body).encode(), 200)
+
+    def _check(
+        self,
+        found: Counter[str],
+        method: str,
+        path: str,
+        args: dict[str, str],
+        body: bytes,
+        status: int,
+        content_type: str = "application/json",
+    ) -> None:
+        request = MockRequest("https://api.trello.com", method.lower(), path, args=args)
+        response = MockResponse(body, status, content_type=content_type)
+        try:
+            self.openapi.validate_response(request, response)
+        except Exception as exc:  # every kind of mismatch is collected
+            detail = getattr(exc, "__cause__", None) or exc
+            errors = getattr(detail, "schema_errors", None) or [detail]
+            for err in errors:
+                where = "/".join(str(p) for p in getattr(err, "absolute_path", []))
+                message = str(err).splitlines()[0][:200]
+                found[f"{method} {path.split('/')[2]}: {where} {message}"] += 1
 
 
 @pytest.fixture
@@ -195,8 +220,16 @@ def test_every_response_validates_against_the_official_spec(
         c.update(card.ref, {"list": "Signing", "Amount": None, "tasks": []}, expected_version=None)
         c.find_by_stamp("sb-spec")
         emu.comment(card.ref, "hello", actor="li.wei")
-        pull_all(c, cursor)
+        pulled, _ = pull_all(c, cursor)  # the changed card through GET /batch
+        assert [r.ref for r in pulled] == [card.ref]
+        other = c.create({"name": "Spec check 2", "list": "Proposal"}, stamp="sb-spec-2")
+        written = c.update_many(  # version reads through GET /batch
+            {card.ref: {"name": "Spec check, renamed"}, other.ref: {"dueComplete": True}},
+            {card.ref: pulled[0].version, other.ref: other.version},
+        )
+        assert all(not isinstance(w, Exception) for w in written.values()), written
         c.archive(card.ref)
+    assert sum(e.path == "/1/batch" for e in validator.exchanges) == 2
     assert len(validator.exchanges) > 40
     problems = validator.problems()
     assert not problems, "\n".join(f"{n} x {p}" for p, n in problems.most_common())

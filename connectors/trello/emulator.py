@@ -7,6 +7,7 @@ comments, webhooks and the board's **action log**, which every change appends to
 Trello does (``createCard``, ``updateCard`` with ``old`` and ``listBefore``/``listAfter``,
 ``updateCustomFieldItem``, ``commentCard``, ``addLabelToCard``...). Actions are served newest
 first with ``since``/``before`` (an action id or a date), ``limit`` (at most 1000) and ``filter``.
+``GET /1/batch?urls=`` answers up to 10 of the GET routes in one request.
 
 Trello behaviours kept on purpose: credentials are the ``key`` and ``token`` query parameters
 (401 ``invalid key`` / ``invalid token`` / ``expired token`` as text/plain); malformed ids are 400
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -60,6 +61,8 @@ __all__ = ["TrelloEmulator", "parse_trello_time", "trello_time", "webhook_signat
 
 Json = dict[str, Any]
 CUSTOM_FIELD_TYPES = ("text", "number", "date", "checkbox", "list")
+BATCH_URLS = 10
+"""Routes one ``GET /1/batch`` may ask for."""
 _ID = re.compile(r"^[0-9a-fA-F]{24}$")
 _MACHINE = "5a1e5b0d9e"
 _DEFAULT_CARD_FIELDS = frozenset(
@@ -1025,39 +1028,48 @@ class TrelloEmulator(Emulator):
     # ------------------------------------------------------------------ HTTP
 
     def build_app(self) -> ASGIApp:
-        r = self._route
-        routes = [
-            r("GET", "/1/members/{id}", self._get_member),
-            r("GET", "/1/boards/{id}", self._get_board),
-            r("GET", "/1/boards/{id}/lists", self._get_lists),
-            r("GET", "/1/boards/{id}/labels", self._get_labels),
-            r("GET", "/1/boards/{id}/customFields", self._get_custom_fields),
-            r("GET", "/1/boards/{id}/members", self._get_board_members),
-            r("GET", "/1/boards/{id}/checklists", self._get_board_checklists),
-            r("GET", "/1/boards/{id}/cards", self._get_board_cards),
-            r("GET", "/1/boards/{id}/cards/{filter}", self._get_board_cards),
-            r("GET", "/1/boards/{id}/actions", self._get_actions),
-            r("POST", "/1/cards", self._post_card),
-            r("GET", "/1/cards/{id}", self._get_card),
-            r("PUT", "/1/cards/{id}", self._put_card),
-            r("DELETE", "/1/cards/{id}", self._delete_card),
-            r("GET", "/1/cards/{id}/customFieldItems", self._get_items),
-            r("PUT", "/1/cards/{id}/customField/{field}/item", self._put_item),
-            r("PUT", "/1/cards/{id}/customFields", self._put_items),
-            r("POST", "/1/cards/{id}/actions/comments", self._post_comment),
-            r("PUT", "/1/cards/{id}/checkItem/{item}", self._put_check_item),
-            r("POST", "/1/checklists", self._post_checklist),
-            r("DELETE", "/1/checklists/{id}", self._delete_checklist),
-            r("POST", "/1/checklists/{id}/checkItems", self._post_check_item),
-            r("DELETE", "/1/checklists/{id}/checkItems/{item}", self._delete_check_item),
-            r("POST", "/1/labels", self._post_label),
-            r("POST", "/1/webhooks", self._post_webhook),
-            r("POST", "/1/webhooks/", self._post_webhook),
-            r("GET", "/1/webhooks/{id}", self._get_webhook),
-            r("DELETE", "/1/webhooks/{id}", self._delete_webhook),
-            r("GET", "/1/tokens/{token}/webhooks", self._get_token_webhooks),
+        table = self._table()
+        # What GET /1/batch dispatches to: the GET routes, matched without the /1 prefix.
+        self._batchable = [
+            (re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path[2:]) + "$"), handler)
+            for method, path, handler in table
+            if method == "GET" and path != "/1/batch"
         ]
-        return Starlette(routes=routes)
+        return Starlette(routes=[self._route(*route) for route in table])
+
+    def _table(self) -> list[tuple[str, str, Callable[[Mapping[str, str], Json], Any]]]:
+        return [
+            ("GET", "/1/batch", self._get_batch),
+            ("GET", "/1/members/{id}", self._get_member),
+            ("GET", "/1/boards/{id}", self._get_board),
+            ("GET", "/1/boards/{id}/lists", self._get_lists),
+            ("GET", "/1/boards/{id}/labels", self._get_labels),
+            ("GET", "/1/boards/{id}/customFields", self._get_custom_fields),
+            ("GET", "/1/boards/{id}/members", self._get_board_members),
+            ("GET", "/1/boards/{id}/checklists", self._get_board_checklists),
+            ("GET", "/1/boards/{id}/cards", self._get_board_cards),
+            ("GET", "/1/boards/{id}/cards/{filter}", self._get_board_cards),
+            ("GET", "/1/boards/{id}/actions", self._get_actions),
+            ("POST", "/1/cards", self._post_card),
+            ("GET", "/1/cards/{id}", self._get_card),
+            ("PUT", "/1/cards/{id}", self._put_card),
+            ("DELETE", "/1/cards/{id}", self._delete_card),
+            ("GET", "/1/cards/{id}/customFieldItems", self._get_items),
+            ("PUT", "/1/cards/{id}/customField/{field}/item", self._put_item),
+            ("PUT", "/1/cards/{id}/customFields", self._put_items),
+            ("POST", "/1/cards/{id}/actions/comments", self._post_comment),
+            ("PUT", "/1/cards/{id}/checkItem/{item}", self._put_check_item),
+            ("POST", "/1/checklists", self._post_checklist),
+            ("DELETE", "/1/checklists/{id}", self._delete_checklist),
+            ("POST", "/1/checklists/{id}/checkItems", self._post_check_item),
+            ("DELETE", "/1/checklists/{id}/checkItems/{item}", self._delete_check_item),
+            ("POST", "/1/labels", self._post_label),
+            ("POST", "/1/webhooks", self._post_webhook),
+            ("POST", "/1/webhooks/", self._post_webhook),
+            ("GET", "/1/webhooks/{id}", self._get_webhook),
+            ("DELETE", "/1/webhooks/{id}", self._delete_webhook),
+            ("GET", "/1/tokens/{token}/webhooks", self._get_token_webhooks),
+        ]
 
     def _route(
         self, method: str, path: str, handler: Callable[[Mapping[str, str], Json], Any]
@@ -1157,6 +1169,38 @@ class TrelloEmulator(Emulator):
 
     def _get_card(self, p: Mapping[str, str], who: Json) -> Any:
         return self._card_json(self._find("card", p["id"]), p)
+
+    def _get_batch(self, p: Mapping[str, str], who: Json) -> Any:
+        """``GET /1/batch?urls=/cards/a,/boards/b/lists``: up to 10 GET routes (without the
+        version, though ``/1/...`` is accepted too), answered in order, each as an object
+        whose one key is the route's status: ``{"200": <its body>}`` or ``{"404": "<text>"}``.
+
+        ``urls`` is split at its commas; each route's own query string is then decoded on its
+        own, so a comma inside a route's parameter is sent as ``%2C`` (``%252C`` on the wire).
+        """
+        routes = [u for u in (p.get("urls") or "").split(",") if u]
+        if not routes:
+            raise TrelloError(400, "invalid value for urls")
+        if len(routes) > BATCH_URLS:
+            raise TrelloError(400, f"invalid value for urls: at most {BATCH_URLS} routes")
+        out: list[Json] = []
+        for route in routes:
+            parts = urlsplit(route)
+            path = parts.path[2:] if parts.path.startswith("/1/") else parts.path
+            params = dict(parse_qsl(parts.query, keep_blank_values=True))
+            params.update(key=p["key"], token=p["token"])
+            for pattern, handler in self._batchable:
+                match = pattern.match(path)
+                if match is None:
+                    continue
+                try:
+                    out.append({"200": handler({**params, **match.groupdict()}, who)})
+                except TrelloError as exc:
+                    out.append({str(exc.status): exc.text})
+                break
+            else:
+                out.append({"404": f"Cannot GET /1{path}"})
+        return out
 
     def _post_card(self, p: Mapping[str, str], who: Json) -> Any:
         if not p.get("idList") or not _ID.match(p["idList"]) or p["idList"] not in self.lists:
