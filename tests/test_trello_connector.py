@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bridge.errors import AuthError, FatalError, RateLimited, RetriableError, SkippableRecord
-from connectors.base import Connector, Cursor, RateLimit
+from connectors.base import Connector, Cursor, RateLimit, RemoteRecord, StaleVersion
 from connectors.trello.connector import DEFAULT_RATE_LIMIT, TrelloConfig, TrelloConnector
 from connectors.trello.emulator import TrelloEmulator
 from connectors.trello.seed import SalesBoard, sales_board, seed_sales
@@ -149,9 +149,46 @@ def test_request_counts_of_full_and_incremental_pulls(
         emu.controls.reset()
         records, _, cursor = pull_all(c, cursor)
         assert sorted(r.ref for r in records) == sorted(sales.cards[:2])
-        # actions per board + that board's custom fields + one GET per changed card
-        assert emu.controls.count() == 2 + 1 + 2
-        assert emu.controls.count("GET", "/1/cards/") == 2
+        # actions per board + one batch: that board's custom fields and the changed cards
+        assert emu.controls.count() == 2 + 1
+        assert emu.controls.count("GET", "/1/batch") == 1
+        assert emu.controls.count("GET", "/1/cards/") == 0
+        assert pull_all(c, cursor)[0] == []
+
+
+def test_an_incremental_pull_reads_changed_cards_ten_per_batch(
+    seeded: tuple[TrelloEmulator, SalesBoard],
+) -> None:
+    """Changed cards come through GET /batch, ten routes a request (the board's custom
+    fields in the first), and read exactly as GET /cards/{id} reads them; a card deleted
+    since its action reads as deleted."""
+    emu, sales = seeded
+    with TrelloConnector("trello", config(emu, sales.board, page_size=50)) as c:
+        _, _, cursor = pull_all(c, Cursor())
+        changed = sales.cards[:11]
+        for i, ref in enumerate(changed):
+            emu.set_custom_field(ref, "Amount", 1000 + i, actor="wang.fang")
+        emu.comment(changed[3], "Call booked", actor="li.wei")
+        emu.move_card(changed[4], "Delivery", actor="chen.jing")
+        emu.delete_card(changed[5], actor="li.wei")
+        emu.controls.reset()
+        records, skipped, cursor = pull_all(c, cursor)
+        assert not skipped
+        # actions + ceil((11 cards + custom fields) / 10) batches
+        assert [(e.method, e.path) for e in emu.controls.log] == [
+            ("GET", f"/1/boards/{sales.board}/actions"),
+            ("GET", "/1/batch"),
+            ("GET", "/1/batch"),
+        ]
+        assert sorted(r.ref for r in records) == sorted(changed)
+        by_ref = {r.ref: r for r in records}
+        assert by_ref[changed[5]].deleted
+        for ref in changed:
+            alone = c._read(ref)  # one GET /cards/{id}, as before batching
+            assert by_ref[ref] == alone if alone is not None else by_ref[ref].deleted, ref
+        assert by_ref[changed[2]].fields["Amount"] == 1002
+        assert by_ref[changed[4]].fields["list"] == "Delivery"
+        assert [a["what"] for a in by_ref[changed[3]].fields["comments"]][-1:] == ["Call booked"]
         assert pull_all(c, cursor)[0] == []
 
 
@@ -189,6 +226,69 @@ def test_an_update_of_card_attributes_costs_a_read_and_the_put(
         assert updated.url == got.url and updated.stamp == got.stamp
         assert updated.updated_at == got.updated_at
         assert updated.updated_by is None, "the bridge's own actions are not read"
+
+
+def test_update_many_reads_versions_ten_per_batch_and_puts_each_card(
+    seeded: tuple[TrelloEmulator, SalesBoard],
+) -> None:
+    """The engine's batch push: version reads ten per GET /batch, one PUT per card. A card a
+    person edited since the pull is StaleVersion and left as they made it; a gone card is
+    StaleVersion; the others return the record the next read makes."""
+    emu, sales = seeded
+    unknown = "0123456789abcdef01234567"
+    with TrelloConnector("trello", config(emu, sales.board)) as c:
+        records, _, _ = pull_all(c, Cursor())
+        before = {r.ref: r for r in records}
+        c.discover()
+        edited = sales.cards[3]
+        emu.edit_card(edited, name="Their name", actor="wang.fang")
+        theirs = c.get(edited)
+        assert theirs is not None
+        refs = [*sales.cards[:11], unknown]
+        changes = {ref: {"name": f"Bridge name {i}"} for i, ref in enumerate(refs)}
+        expected = {ref: (before[ref].version if ref in before else "v1") for ref in refs}
+        emu.controls.reset()
+        results = c.update_many(changes, expected)
+        assert [(e.method, e.path.split("/")[2]) for e in emu.controls.log] == [
+            ("GET", "batch"),
+            *[("PUT", "cards")] * 9,
+            ("GET", "batch"),
+            ("PUT", "cards"),
+        ]
+        assert set(results) == set(refs)
+        for ref in (edited, unknown):
+            stale = results[ref]
+            assert isinstance(stale, StaleVersion) and stale.ref == ref
+        assert results[unknown].actual is None  # type: ignore[union-attr]
+        assert c.get(edited) == theirs, "refused, yet changed"
+        for i, ref in enumerate(refs):
+            if ref in (edited, unknown):
+                continue
+            result = results[ref]
+            assert isinstance(result, RemoteRecord), (ref, result)
+            got = c.get(ref)
+            assert got is not None and got.fields["name"] == f"Bridge name {i}"
+            assert result.version == got.version != before[ref].version
+            assert result.fields == got.fields
+
+
+def test_update_many_answers_per_card_and_raises_what_stops_every_card(
+    seeded: tuple[TrelloEmulator, SalesBoard],
+) -> None:
+    """A value a card cannot take is that card's SkippableRecord; expired credentials fail the
+    whole call (the engine fails the tool for the run)."""
+    emu, sales = seeded
+    with TrelloConnector("trello", config(emu, sales.board)) as c:
+        a, b = sales.cards[:2]
+        results = c.update_many(
+            {a: {"list": "No such list"}, b: {"dueComplete": True}}, {a: None, b: None}
+        )
+        assert isinstance(results[a], SkippableRecord)
+        written = results[b]
+        assert isinstance(written, RemoteRecord) and written.fields["dueComplete"] is True
+        emu.expire_token(TOKEN)
+        with pytest.raises(AuthError):
+            c.update_many({a: {"name": "x"}, b: {"name": "y"}}, {a: None, b: None})
 
 
 def test_an_update_that_writes_more_than_the_card_reads_it_back(

@@ -40,8 +40,10 @@ archiving).
 **Pulling.** The cursor holds, per board, the id of the last board action read. An incremental
 pull asks ``GET /boards/{id}/actions?since=<id>`` (newest first, 1000 a page, paged with
 ``before=``); with no news that is the whole pull: **one request per board**. Otherwise the
-board's custom field definitions (one request) and each changed card, with its nested
-custom field items, checklists, members and actions (one request per card). A list renamed or a
+changed cards, with their nested custom field items, checklists, members and actions, ten per
+``GET /batch`` request (Trello's batch of GET routes), the board's custom field definitions
+riding in the first: ``1 + ceil((C + 1) / 10)`` requests for C changed cards (per page of
+``page_size`` cards). A list renamed or a
 custom field redefined changes cards without card actions, so such an action turns the pull
 into a census of the board. A census (``full=True``, or no cursor yet) reads the board's
 actions (all pages, for history, comments and the cursor), lists, custom fields and open cards
@@ -53,6 +55,9 @@ card first (one request) and refuses with StaleVersion if it changed. Card attri
 edits, deliverables as check item edits, actions as new comments; the card is then read
 back, except when the card's attributes were all that changed: the PUT answers with the card
 and the rest was read just before, so such an update costs two requests (version read, PUT).
+:meth:`~TrelloConnector.update_many` (the engine's batch push) reads the versions of ten cards
+per ``GET /batch`` and then writes each card as ``update`` does: K cards of which only the
+attributes changed cost ``K + ceil(K / 10)`` requests.
 **Stamps** are a marker line ``[salesbridge:<id>]`` at the end
 of the description: it needs no set-up on the board (a custom field needs one defined on every
 board), people see it, and ``find_by_stamp`` finds it with one ``GET /boards/{id}/cards`` per
@@ -90,22 +95,27 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlencode
 
 from pydantic import Field, field_validator
 
 from bridge.http import Auth, HttpClient, RequestCounter
 from bridge.secrets import Secret
 from connectors.base import (
+    AuthError,
     Connector,
     ConnectorConfig,
+    ConnectorError,
     Cursor,
     FatalError,
     HistoryEntry,
     Page,
     RateLimit,
+    RateLimited,
     RemoteField,
     RemoteRecord,
     RemoteUser,
+    RetriableError,
     Schema,
     SkippableRecord,
     StaleVersion,
@@ -132,6 +142,10 @@ _CARD = {
     "members": "true",
     "member_fields": "fullName,username",
 }
+_CARD_READ = {**_CARD, "list": "true", "actions": "all", "actions_limit": str(ACTIONS_PAGE)}
+"""A card with everything its record is made of (GET /cards/{id})."""
+BATCH_URLS = 10
+"""Routes per ``GET /batch`` (Trello's maximum)."""
 _BUILTIN = (
     RemoteField("name", "Name"),
     RemoteField("desc", "Description"),
@@ -322,6 +336,44 @@ class TrelloConnector(Connector[TrelloConfig]):
         self, ref: str, changes: Mapping[str, Any], *, expected_version: str | None
     ) -> RemoteRecord:
         card = self._raw(ref) if _ID.match(ref) else None
+        return self._update(ref, card, changes, expected_version)
+
+    def update_many(
+        self,
+        changes: Mapping[str, Mapping[str, Any]],
+        expected_versions: Mapping[str, str | None] | None = None,
+    ) -> dict[str, RemoteRecord | ConnectorError]:
+        """Update many cards: their version reads go ten to a ``GET /batch``, then each card
+        is written as :meth:`update` writes it (Trello has no batch write).
+
+        Cards are read and written ten at a time, so a card's write follows its read by at
+        most ten writes. Returns, per ref, the record as written or that card's error
+        (StaleVersion: changed since ``expected_versions[ref]``, or gone; SkippableRecord or
+        FatalError: refused). Auth, rate-limit and network failures are raised.
+        """
+        expected = expected_versions or {}
+        out: dict[str, RemoteRecord | ConnectorError] = {}
+        refs = list(changes)
+        for i in range(0, len(refs), BATCH_URLS):
+            chunk = refs[i : i + BATCH_URLS]
+            cards = self._raw_many([r for r in chunk if _ID.match(r)])
+            for ref in chunk:
+                try:
+                    out[ref] = self._update(ref, cards.get(ref), changes[ref], expected.get(ref))
+                except AuthError:
+                    raise
+                except (StaleVersion, SkippableRecord, FatalError) as exc:
+                    out[ref] = exc
+        return out
+
+    def _update(
+        self,
+        ref: str,
+        card: Json | None,
+        changes: Mapping[str, Any],
+        expected_version: str | None,
+    ) -> RemoteRecord:
+        """Write ``changes`` to the card as ``card`` (None: gone) was just read."""
         current = None if card is None else self._record(card, card.get("actions", [])[::-1])
         if current is None or current.deleted:
             raise StaleVersion(ref, expected_version, None, connector=self.name)
@@ -447,9 +499,15 @@ class TrelloConnector(Connector[TrelloConfig]):
         for i in range(0, len(order), size):
             chunk = order[i : i + size]
             records, skipped = [], []
+            cards = self._raw_many([r for r in chunk if _ID.match(r)], board=board)
             for ref in chunk:
+                card = cards.get(ref)
                 try:
-                    records.append(self._read(ref) or _gone(ref))
+                    records.append(
+                        _gone(ref)
+                        if card is None
+                        else self._record(card, card.get("actions", [])[::-1])
+                    )
                 except SkippableRecord as exc:
                     skipped.append(exc)
             done = actions if i + size >= len(order) else _upto(actions, last_action[chunk[-1]])
@@ -472,9 +530,60 @@ class TrelloConnector(Connector[TrelloConfig]):
     # ------------------------------------------------------------------ records
 
     def _raw(self, ref: str) -> Json | None:
-        params = {**_CARD, "list": "true", "actions": "all", "actions_limit": str(ACTIONS_PAGE)}
-        card = self.http.get_json(f"cards/{ref}", params=params, expect=(400, 404))
+        card = self.http.get_json(f"cards/{ref}", params=_CARD_READ, expect=(400, 404))
         return card if isinstance(card, dict) else None
+
+    def _raw_many(self, refs: list[str], *, board: str | None = None) -> dict[str, Json | None]:
+        """Cards as :meth:`_raw` reads them (None: gone), ten per ``GET /batch``. With
+        ``board`` and its custom fields not yet read, their definitions come in the first
+        batch (a record needs them): no request of their own."""
+        urls = [_card_route(ref) for ref in refs]
+        key = None if board is None or (board, "fields") in self._meta else (board, "fields")
+        if key is not None and refs:
+            urls.insert(0, f"/boards/{board}/customFields")
+        answers = self._batch(urls)
+        if key is not None and refs:
+            status, definitions = answers.pop(0)
+            if status != 200 or not isinstance(definitions, list):
+                raise FatalError(
+                    f"GET /boards/{board}/customFields answered {status} in a batch",
+                    connector=self.name,
+                    status=status,
+                )
+            self._meta[key] = definitions
+        return {
+            ref: body if status == 200 and isinstance(body, dict) else None
+            for ref, (status, body) in zip(refs, answers, strict=True)
+        }
+
+    def _batch(self, routes: list[str]) -> list[tuple[int, Any]]:
+        """GETs through ``GET /batch``, ten per request: (status, body) per route, in order.
+
+        400 and 404 are answers (an unknown or malformed id); any other failure of a route
+        fails the call as it would have alone (auth, rate limit, server error).
+        """
+        out: list[tuple[int, Any]] = []
+        for i in range(0, len(routes), BATCH_URLS):
+            chunk = routes[i : i + BATCH_URLS]
+            answer = self.http.get_json("batch", params={"urls": ",".join(chunk)})
+            if not isinstance(answer, list) or len(answer) != len(chunk):
+                raise FatalError(
+                    f"GET /batch for {len(chunk)} routes answered {str(answer)[:200]}",
+                    connector=self.name,
+                )
+            for route, item in zip(chunk, answer, strict=True):
+                status, body = _batch_answer(item)
+                if status >= 400 and status not in (400, 404):
+                    where = f"{self.name}: GET {route.split('?')[0]} -> {status} in a batch"
+                    if status in (401, 403):
+                        raise AuthError(where, connector=self.name, status=status)
+                    if status == 429:
+                        raise RateLimited(where, connector=self.name, status=status)
+                    if status >= 500:
+                        raise RetriableError(where, connector=self.name, status=status)
+                    raise FatalError(f"{where}: {body}", connector=self.name, status=status)
+                out.append((status, body))
+        return out
 
     def _read(self, ref: str) -> RemoteRecord | None:
         card = self._raw(ref) if _ID.match(ref) else None
@@ -836,6 +945,26 @@ class TrelloConnector(Connector[TrelloConfig]):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _card_route(ref: str) -> str:
+    """The ``GET /batch`` route reading a card as :meth:`TrelloConnector._raw` does. The routes
+    are joined with commas, so commas inside one (``member_fields``) are escaped."""
+    return f"/cards/{ref}?{urlencode(_CARD_READ)}"
+
+
+def _batch_answer(item: Any) -> tuple[int, Any]:
+    """(status, body) of one ``GET /batch`` answer: ``{"200": body}``, ``{"404": "text"}``,
+    or an error object with a ``statusCode``."""
+    if isinstance(item, dict):
+        if len(item) == 1:
+            ((key, body),) = item.items()
+            if str(key).isdigit():
+                return int(key), body
+        code = item.get("statusCode")
+        if isinstance(code, int):
+            return code, item
+    raise FatalError(f"GET /batch answered a route with {str(item)[:200]}")
 
 
 def _gone(ref: str) -> RemoteRecord:
