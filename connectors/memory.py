@@ -186,6 +186,14 @@ class MemoryBackend:
                 entry["deleted"] = True
                 self._touch(entry, self._tick(state), actor)
 
+    def restore(self, ref: str, *, actor: str | None = None) -> None:
+        """Bring a deleted record back (a card taken out of the archive), as a new revision."""
+        with self._transaction() as state:
+            entry = state["records"].get(ref)
+            if entry is not None and entry["deleted"]:
+                entry["deleted"] = False
+                self._touch(entry, self._tick(state), actor)
+
     def records(self) -> dict[str, Entry]:
         """A copy of every stored entry, deleted ones included, in creation order."""
         if self.path is not None:

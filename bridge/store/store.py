@@ -1011,6 +1011,14 @@ class Store:
                     for n in items
                 ],
             )
+            # A tombstone means "no tool holds it any more": a project linked again is live.
+            p = t.projects
+            for chunk in _chunks(list({n.project_id for n in items})):
+                conn.execute(
+                    sa.update(p)
+                    .where(self._in(p.c.id, chunk), p.c.tombstoned_at.is_not(None))
+                    .values(tombstoned_at=None)
+                )
         return len(items)
 
     def _check_links(self, conn: Connection, connector: str, group: list[NewLink]) -> None:

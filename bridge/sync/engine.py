@@ -279,6 +279,22 @@ class _RunContext:
             return page.links[ref]
         return self.store.get_link(connector, ref)
 
+    def _holds_another(self, connector: str, pid: str, ref: str) -> bool:
+        """Whether the project has a live record in ``connector`` other than ``ref``."""
+        planned = [
+            lk
+            for (conn, r), lk in self.overlay.links.items()
+            if conn == connector and r != ref and lk is not None and lk.project_id == pid
+        ]
+        stored = [
+            lk
+            for lk in self.store.links_for_project(pid)
+            if lk.connector == connector
+            and lk.ref != ref
+            and self.overlay.links.get((connector, lk.ref), lk) is not None
+        ]
+        return bool(planned or stored)
+
     def pending_fields(self, pid: str, connector: str) -> set[str]:
         page = self.page
         if page is not None and page.connector == connector and page.pending is not None:
@@ -446,7 +462,11 @@ class _RunContext:
             except SkippableRecord as exc:
                 steps.append(self._quarantine_step(name, exc))
                 continue
-            step = self._plan_record(name, rec, values, link if live else None)
+            # A record that comes back after being unlinked (taken out of the archive) returns
+            # to the project it left, not to a new one: that would be a second copy of the
+            # project, and other tools would get second records of it.
+            revive = link.project_id if link is not None and not live else None
+            step = self._plan_record(name, rec, values, link if live else None, revive=revive)
             if step is not None:
                 steps.append(step)
 
@@ -463,15 +483,30 @@ class _RunContext:
         )
 
     def _plan_record(
-        self, name: str, rec: RemoteRecord, values: dict[str, Any], link: StoredLink | None
+        self,
+        name: str,
+        rec: RemoteRecord,
+        values: dict[str, Any],
+        link: StoredLink | None,
+        *,
+        revive: str | None = None,
     ) -> Step | None:
         counts = self.report.connectors[name].counts
         when = rec.updated_at or self.signpost
         if link is None:
             stamped = self.project(rec.stamp) if rec.stamp else None
+            bases = {}
+            if stamped is None and revive is not None:
+                stamped = self.project(revive)
+                if stamped is None:  # tombstoned: it comes back under its own id
+                    return self._plan_new_project(name, rec, values, pid=revive)
+                if self._holds_another(name, revive, rec.ref):
+                    stamped = None  # the project has another record here now: keep both
+                else:  # what both sides agreed on when it left: a three-way merge again
+                    bases = self.bases(revive, name)
             if stamped is None:
                 return self._plan_new_project(name, rec, values)
-            pid, hub, bases = stamped["id"], stamped, {}
+            pid, hub = stamped["id"], stamped
             action: Action = "link"
         else:
             pid = link.project_id
