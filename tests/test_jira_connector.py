@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from bridge.errors import AuthError, FatalError, RateLimited, RetriableError, SkippableRecord
 from bridge.http import RequestCounter, RetryPolicy
-from connectors.base import Connector, Cursor, RemoteRecord, RemoteUser
+from connectors.base import Connector, Cursor, RemoteRecord, RemoteUser, StaleVersion
 from connectors.jira.adf import adf_to_markdown, markdown_to_adf, normalize_adf
 from connectors.jira.connector import JiraConfig, JiraConnector, _jql_time
 from connectors.jira.emulator import JiraEmulator, JiraUser, Transition, Workflow
@@ -582,6 +582,93 @@ def test_what_writes_cost(em: JiraEmulator) -> None:
     assert connector.counter.snapshot(reset=True).total == want - 1, "PUT (, GET)"
     connector.find_by_stamp(new_stamp())
     assert connector.counter.snapshot(reset=True).total == 1
+
+
+def test_a_batch_of_edits_reads_the_versions_with_one_search_per_100(em: JiraEmulator) -> None:
+    """update_many: one search (``key in``, only ``updated``) per 100 issues, then a PUT each
+    (Cloud: returnIssue answers with the record; Data Center reads each back, as update())."""
+    connector = make_connector(em)
+    connector.check()
+    keys = add(em, 102)
+    pulled = {r.ref: r.version for r in pull_all(connector)[0]}
+    time.sleep(0.002)
+    connector.counter.snapshot(reset=True)
+    em.controls.reset()
+
+    results = connector.update_many(
+        {key: {"summary": f"renamed {key}"} for key in keys}, {key: pulled[key] for key in keys}
+    )
+
+    per_issue = 1 if em.mode == "cloud" else 2
+    assert connector.counter.snapshot().total == 102 * per_issue + 2
+    searches = [e for e in em.controls.log if "/search" in e.path]
+    assert len(searches) == 2
+    assert all(dict(e.params).get("fields") == "updated" for e in searches)
+    assert all("changelog" not in str(dict(e.params).get("expand")) for e in searches)
+    for key in (keys[0], keys[101]):
+        result = results[key]
+        assert isinstance(result, RemoteRecord), result
+        got = connector.get(key)
+        assert got is not None
+        assert (result.version, result.fields["summary"]) == (got.version, f"renamed {key}")
+
+
+def test_a_batch_leaves_an_issue_edited_since_the_pull_alone(em: JiraEmulator) -> None:
+    connector = make_connector(em)
+    keys = add(em, 3)
+    pulled = {r.ref: r.version for r in pull_all(connector)[0]}
+    time.sleep(0.002)
+    em.edit_issue(keys[1], {"summary": "Alice's title"}, author=ALICE)
+    em.controls.reset()
+
+    results = connector.update_many(
+        {key: {"summary": "bridge"} for key in keys}, {key: pulled[key] for key in keys}
+    )
+
+    stale = results[keys[1]]
+    assert isinstance(stale, StaleVersion) and stale.expected == pulled[keys[1]]
+    assert em.issue(keys[1])["fields"]["summary"] == "Alice's title"
+    puts = [e.path for e in em.controls.log if e.method == "PUT"]
+    assert len(puts) == 2 and not any(p.endswith(keys[1]) for p in puts)
+    assert all(isinstance(results[k], RemoteRecord) for k in (keys[0], keys[2]))
+
+
+def test_a_batch_naming_a_deleted_issue_falls_back_to_single_updates(em: JiraEmulator) -> None:
+    """Jira refuses a JQL naming a deleted issue's key (400): the batch then takes update()
+    for each issue of that chunk, and the deleted one is StaleVersion."""
+    connector = make_connector(em)
+    keys = add(em, 3)
+    pulled = {r.ref: r.version for r in pull_all(connector)[0]}
+    em.delete_issue(keys[0])
+    time.sleep(0.002)
+
+    results = connector.update_many(
+        {key: {"summary": "bridge"} for key in keys}, {key: pulled[key] for key in keys}
+    )
+
+    gone = results[keys[0]]
+    assert isinstance(gone, StaleVersion) and gone.actual is None
+    for key in keys[1:]:
+        assert isinstance(results[key], RemoteRecord), results[key]
+        assert em.issue(key)["fields"]["summary"] == "bridge"
+
+
+def test_a_batch_edit_with_a_status_runs_the_workflow(em: JiraEmulator) -> None:
+    connector = make_connector(em)
+    keys = add(em, 2)
+    pulled = {r.ref: r.version for r in pull_all(connector)[0]}
+    time.sleep(0.002)
+    results = connector.update_many(
+        {keys[0]: {"status": "Qualification"}, keys[1]: {"summary": "renamed"}},
+        {key: pulled[key] for key in keys},
+    )
+    moved, renamed = results[keys[0]], results[keys[1]]
+    assert isinstance(moved, RemoteRecord) and moved.fields["status"] == "Qualification"
+    assert isinstance(renamed, RemoteRecord) and renamed.fields["summary"] == "renamed"
+    for key, result in results.items():
+        got = connector.get(key)
+        assert got is not None and isinstance(result, RemoteRecord)
+        assert got.version == result.version
 
 
 @pytest.mark.parametrize("changelog", [True, False])

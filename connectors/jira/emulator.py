@@ -2689,6 +2689,9 @@ class _Context:
             return ids
         if kind == "key" and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*-\d+", v.text):
             raise JqlError(f"The issue key '{v.text}' for field 'key' is invalid.")
+        if kind == "key" and v.text.upper() not in self.em._by_key:
+            # Jira validates the keys a query names: a deleted issue's key is an error.
+            raise JqlError(f"An issue with key '{v.text}' does not exist for field 'key'.")
         if kind == "id":
             return int(v.text) if v.text.isdigit() else v.text
         return v.text
