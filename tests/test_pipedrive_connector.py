@@ -344,6 +344,57 @@ def test_an_update_of_a_deleted_deal_is_stale(emulator: PipedriveEmulator, token
         assert stale.value.actual is None
 
 
+def test_a_batch_of_edits_reads_the_versions_of_100_deals_a_request(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    """update_many: one ``GET /api/v2/deals?ids=`` per 100 deals (with the participant count
+    the version includes), then one PATCH each."""
+    with make_connector(emulator) as conn:
+        created = [conn.create({"title": f"Deal {i}"}, stamp=new_stamp()) for i in range(102)]
+        emulator.controls.reset()
+        results = conn.update_many(
+            {c.ref: {"title": f"Renamed {c.ref}"} for c in created},
+            {c.ref: c.version for c in created},
+        )
+        c = emulator.controls
+        assert c.count() == 102 + 2
+        assert c.count("GET", "/api/v2/deals") == 2
+        listings = [dict(e.params) for e in c.log if e.method == "GET"]
+        assert [len(q["ids"].split(",")) for q in listings] == [100, 2]
+        assert all(q["include_fields"] == "participants_count" for q in listings)
+        for ref in (created[0].ref, created[101].ref):
+            result = results[ref]
+            assert isinstance(result, RemoteRecord), result
+            got = conn.get(ref)
+            assert got is not None
+            assert (result.version, result.fields["title"]) == (got.version, f"Renamed {ref}")
+
+
+def test_a_batch_leaves_a_deal_changed_since_the_pull_alone(
+    emulator: PipedriveEmulator, token: str
+) -> None:
+    """A person's edit, or a participant they added (it moves the count in the version),
+    makes that deal StaleVersion: not written. A deleted deal takes update(): StaleVersion."""
+    with make_connector(emulator) as conn:
+        created = [conn.create({"title": f"Deal {i}"}, stamp=new_stamp()) for i in range(4)]
+        edited, joined, gone, kept = (c.ref for c in created)
+        remote_edit(emulator, conn, edited, title="Jane's title")
+        emulator.add_participant(int(joined), emulator.add_person("Wang Fang"), user_id=2)
+        emulator.delete_deal(int(gone))
+        emulator.controls.reset()
+        results = conn.update_many(
+            {c.ref: {"title": "bridge"} for c in created}, {c.ref: c.version for c in created}
+        )
+        for ref in (edited, joined, gone):
+            assert isinstance(results[ref], StaleVersion), (ref, results[ref])
+        assert results[gone].actual is None  # type: ignore[union-attr]
+        patched = [e.path for e in emulator.controls.log if e.method == "PATCH"]
+        assert patched == [f"/api/v2/deals/{kept}"]
+        assert emulator.deals[int(edited)]["title"] == "Jane's title"
+        assert emulator.deals[int(joined)]["title"] == "Deal 1"
+        assert isinstance(results[kept], RemoteRecord)
+
+
 def test_values_pipedrive_refuses_are_skippable(emulator: PipedriveEmulator, token: str) -> None:
     with make_connector(emulator) as conn:
         created = conn.create({"title": "Acme"}, stamp=new_stamp())

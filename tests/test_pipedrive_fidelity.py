@@ -25,7 +25,7 @@ from openapi_core.templating.responses.exceptions import ResponseNotFound
 from requests.structures import CaseInsensitiveDict
 
 from bridge.emulator import Exchange
-from connectors.base import Cursor
+from connectors.base import Cursor, RemoteRecord
 from connectors.pipedrive.connector import PipedriveConfig, PipedriveConnector
 from connectors.pipedrive.emulator import API_TOKEN, PipedriveEmulator
 
@@ -148,6 +148,12 @@ def test_every_response_matches_the_official_specs(
             {"status": "lost", "lost_reason": "Budget"},
             expected_version=moved.version,
         )
+        other = conn.create({"title": "Fidelity 2"}, stamp="sb-fidelity-2")
+        batch = conn.update_many(
+            {updated.ref: {"title": "Batched"}, other.ref: {"value": 99}},
+            {updated.ref: updated.version, other.ref: other.version},
+        )
+        assert all(isinstance(r, RemoteRecord) for r in batch.values()), batch
         assert conn.find_by_stamp("sb-fidelity-1") is not None
         assert conn.get("424242") is None
         assert conn.history(updated.ref)
@@ -168,6 +174,7 @@ def test_every_response_matches_the_official_specs(
         ("/api/v2/persons/search", {"term": "Person Name", "fields": "name", "limit": 1}),
         ("/api/v2/personFields", {"limit": 3}),
         ("/api/v2/deals/1", {"include_fields": "participants_count"}),
+        ("/api/v2/deals", {"ids": "1,2,424242", "include_fields": "participants_count"}),
         ("/v1/deals/1/participants", {"start": 0, "limit": 1}),
         ("/api/v2/deals", {"limit": 501}),
         ("/v1/users", {}),

@@ -110,8 +110,10 @@ from bridge.http import Auth, HttpClient
 from bridge.model import Attitude, StakeholderRole, to_json_value
 from bridge.secrets import Secret
 from connectors.base import (
+    AuthError,
     Connector,
     ConnectorConfig,
+    ConnectorError,
     Cursor,
     FatalError,
     HistoryEntry,
@@ -119,6 +121,7 @@ from connectors.base import (
     RemoteField,
     RemoteRecord,
     RemoteUser,
+    RetriableError,
     Schema,
     SkippableRecord,
     StaleVersion,
@@ -647,6 +650,84 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         if deal is None:
             raise StaleVersion(ref, expected_version, None, connector=self.name)
         return self._written(deal, ref)
+
+    def update_many(
+        self,
+        changes: Mapping[str, Mapping[str, Any]],
+        expected_versions: Mapping[str, str | None] | None = None,
+    ) -> dict[str, RemoteRecord | ConnectorError]:
+        """Many deal edits: the versions of up to 100 deals read with one listing
+        (``GET /api/v2/deals?ids=...``, with ``participants_count`` while it is part of the
+        version), then one PATCH per deal (its answer gives the new version).
+
+        A deal whose version is no longer the expected one is StaleVersion and is not written.
+        An update writing stakeholders or activities, and a deal the listing leaves out
+        (deleted or archived), take :meth:`update`. Cost: K + ceil(K / 100). Errors of one
+        deal are returned for it; auth, rate-limit and network errors raised. As with
+        :meth:`update`, an edit between the listing and a deal's PATCH is not seen.
+        """
+        expected = expected_versions or {}
+        out: dict[str, RemoteRecord | ConnectorError] = {}
+        meta = self._metadata()
+        bodies: dict[str, Row] = {}
+        for ref, fields in changes.items():
+            try:
+                plain, lists = _split(fields, ref=ref, connector=self.name)
+                if lists or _deal_id(ref) is None:
+                    out[ref] = self._one(ref, fields, expected.get(ref))
+                    continue
+                body = self._body(meta, plain, ref=ref)
+            except SkippableRecord as exc:
+                out[ref] = exc
+                continue
+            if body:
+                bodies[ref] = body
+            else:
+                out[ref] = self._one(ref, fields, expected.get(ref))
+        refs = list(bodies)
+        for i in range(0, len(refs), IDS_PER_REQUEST):
+            chunk = refs[i : i + IDS_PER_REQUEST]
+            checked = [ref for ref in chunk if expected.get(ref) is not None]
+            current: dict[str, Row] = {}
+            if checked:
+                params = {"ids": ",".join(checked), "limit": IDS_PER_REQUEST}
+                for rows in self._list("deals", {**params, **self._deal_params()}):
+                    current.update({str(d.get("id")): d for d in rows if isinstance(d, dict)})
+            for ref in chunk:
+                want = expected.get(ref)
+                now = current.get(ref)
+                if want is not None and now is None:  # not listed: deleted or archived
+                    out[ref] = self._one(ref, changes[ref], want)
+                    continue
+                if want is not None and now is not None and _version(now) != want:
+                    out[ref] = StaleVersion(ref, want, _version(now), connector=self.name)
+                    continue
+                try:
+                    deal = self._send("PATCH", f"{V2}deals/{ref}", bodies[ref])
+                except (AuthError, RetriableError):
+                    raise
+                except (SkippableRecord, FatalError) as exc:
+                    out[ref] = exc
+                    continue
+                if not isinstance(deal, dict):
+                    out[ref] = StaleVersion(ref, want, None, connector=self.name)
+                    continue
+                if now is not None and "participants_count" in now:
+                    # The PATCH answer has no count; a plain write leaves it as listed.
+                    deal = {**deal, "participants_count": now["participants_count"]}
+                out[ref] = self._written(deal, ref)
+        return out
+
+    def _one(
+        self, ref: str, fields: Mapping[str, Any], expected: str | None
+    ) -> RemoteRecord | ConnectorError:
+        """:meth:`update` with the errors of this deal returned, not raised."""
+        try:
+            return self.update(ref, fields, expected_version=expected)
+        except (AuthError, RetriableError):
+            raise
+        except (StaleVersion, SkippableRecord, FatalError) as exc:
+            return exc
 
     def archive(self, ref: str) -> None:
         """Delete the deal (Pipedrive keeps deleted deals 30 days); unknown refs are left."""
