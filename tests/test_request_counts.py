@@ -21,9 +21,10 @@ CHANGED = max(1, N // 100)  # 1 % of the records, at least one
 
 # kind: (full pull, incremental with 0 changes, incremental with 1 % changed, push of 1 %)
 EXPECTED: dict[str, tuple[int, int, int, int]] = {
-    # 3 search pages of 100 (changelog expanded); one search; updates read the issue's
-    # version, then PUT with returnIssue (Cloud): its answer is the record, 2 each.
-    "jira": (3, 1, 1, 2 * CHANGED),
+    # 3 search pages of 100 (changelog expanded); one search; a batch of updates reads the
+    # versions of 100 issues with one search (key in ..., only `updated`), then one PUT each
+    # with returnIssue (Cloud): its answer is the record.
+    "jira": (3, 1, 1, math.ceil(CHANGED / 100) + CHANGED),
     # actions in pages of 1,000 (4 here) + lists + custom fields + cards; one actions call;
     # actions + custom fields + one GET per changed card; per update of card attributes:
     # version GET, PUT (its answer is the record).
@@ -31,12 +32,20 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     # 3 task pages + events + 2 batched GETs (subtasks, stories) per task, 10 per batch;
     # events; events + batches; per update: PUT + 4 batch GETs (version, read back).
     "asana": (1 + math.ceil(N / 100) + math.ceil(2 * N / 10), 1, 1 + 2, 5 * CHANGED),
-    # one SOQL query (2,000 a batch); one; one; one collections PATCH (200 a request).
-    "salesforce": (1, 1, 1, math.ceil(CHANGED / 200)),
+    # one SOQL query (2,000 a batch); one; one; per 200 updates: a SOQL query of their
+    # versions (collections check none), the collections PATCH, a query reading them back
+    # (their new versions).
+    "salesforce": (1, 1, 1, 3 * math.ceil(CHANGED / 200)),
     # deals (500 a page) + persons by id (100 an ask) + organizations + activities; one;
-    # deals + organizations + persons + activities per changed deal; per update: deal GET for
-    # the version, PATCH (its answer carries the new version).
-    "pipedrive": (1 + math.ceil(N / 100) + 1 + 1, 1, 3 + CHANGED, 2 * CHANGED),
+    # deals + organizations + persons + activities per changed deal; a batch of updates lists
+    # the versions of 100 deals (GET /api/v2/deals?ids=...), then one PATCH each (its answer
+    # carries the new version).
+    "pipedrive": (
+        1 + math.ceil(N / 100) + 1 + 1,
+        1,
+        3 + CHANGED,
+        math.ceil(CHANGED / 100) + CHANGED,
+    ),
 }
 
 

@@ -41,7 +41,9 @@ on Cloud when the PUT is the update's last write: it asks ``returnIssue=true`` (
 expanded) and Jira answers with the issue as the edit left it, so a field edit costs two
 requests (version GET, PUT). Data Center has no ``returnIssue`` (204): three. The version GET
 cannot be skipped for a version known from an earlier pull: the guard is only as good as the
-time between its read and the write. Creates are stamped with the canonical id in a custom
+time between its read and the write. A batch of field edits (:meth:`JiraConnector.update_many`,
+the engine's batch hook) reads the versions of 100 issues with one search instead, then PUTs
+each: K + ceil(K / 100) requests on Cloud. Creates are stamped with the canonical id in a custom
 field (``stamp_field``) that :meth:`~JiraConnector.find_by_stamp` searches.
 """
 

@@ -83,7 +83,9 @@ StaleVersion when it changed. The PATCH answers with the deal as written, which 
 version: the record returned reads the deal's organization, people and activities only when
 its caller looks at those fields, so a push of plain deal fields costs two requests. Writing
 participants or activities moves the deal's update time, so such a write reads the deal once
-more for its version.
+more for its version. A batch of deal edits (``update_many``, the engine's batch hook) lists
+the versions of 100 deals in one request (``GET /api/v2/deals?ids=...``), then PATCHes each:
+K + ceil(K / 100) requests.
 """
 
 from __future__ import annotations
