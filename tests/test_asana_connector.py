@@ -10,9 +10,9 @@ import pytest
 
 from bridge.errors import AuthError, FatalError, RateLimited, SkippableRecord
 from connectors.asana.connector import AsanaConfig, AsanaConnector
-from connectors.base import Connector, Cursor, Page
+from connectors.base import Connector, Cursor, Page, RemoteRecord, StaleVersion
 from tests.contract import ConnectorContract, new_stamp
-from tests.test_asana_support import HUMAN, AsanaWorld, world
+from tests.test_asana_support import BOT_TOKEN, HUMAN, AsanaWorld, world
 
 OWNER = {"id": None, "name": "Li Wei", "email": HUMAN, "username": None}
 
@@ -303,6 +303,142 @@ def test_subtasks_are_matched_by_title_and_comments_only_added(asana: AsanaWorld
         ("Met the buyer", "2026-01-02T03:04:05Z", HUMAN),
         ("Sent the quote", "2026-01-09T10:00:00Z", None),
     ]
+
+
+# --------------------------------------------------------------------------- batch updates
+
+
+def test_update_many_reads_and_writes_ten_per_batch(asana: AsanaWorld) -> None:
+    """13 tasks: task, subtasks and stories read 10 to a batch (39 reads: 4 requests), then
+    the 11 PUTs 10 to a batch (2 requests), no read-back. A task a person edited since the pull
+    is StaleVersion and stays as they made it; an unknown task is StaleVersion; the records
+    returned are what get() reads afterwards."""
+    c, person = asana.connector(), asana.person()
+    pages, _ = pull_all(c, Cursor())
+    before = {r.ref: r for p in pages for r in p.records}
+    refs = asana.seeded.tasks[:12]
+    edited, unknown = refs[4], "1999999999999999"
+    person.update(edited, {"Amount": 5.0}, expected_version=None)
+    theirs = c.get(edited)
+    assert theirs is not None
+    changes = {ref: {"Name": f"Renamed {i}"} for i, ref in enumerate([*refs, unknown])}
+    expected = {ref: before[ref].version if ref in before else "x" for ref in changes}
+    c.meta()  # sections, fields, users: a sync has read them by then
+    asana.emulator.controls.reset()
+    results = c.update_many(changes, expected)
+    assert asana.emulator.controls.count() == 4 + 2
+    assert asana.emulator.controls.count("POST", "/api/1.0/batch") == 6
+    assert set(results) == set(changes)
+    for ref in (edited, unknown):
+        stale = results[ref]
+        assert isinstance(stale, StaleVersion) and stale.ref == ref
+    assert c.get(edited) == theirs, "refused, yet written"
+    for i, ref in enumerate(refs):
+        if ref == edited:
+            continue
+        result = results[ref]
+        assert isinstance(result, RemoteRecord), (ref, result)
+        got = c.get(ref)
+        assert got is not None and got.fields["Name"] == f"Renamed {i}"
+        assert result.version == got.version != before[ref].version
+        assert result.fields == got.fields and result.url == got.url
+
+
+def test_update_many_moves_sections_before_the_puts(asana: AsanaWorld) -> None:
+    """Moves go in a batch of their own (Asana runs a batch's actions in no set order), then
+    the PUTs, or a GET for a task that only moves: its new version comes from that answer."""
+    c = asana.connector()
+    a, b, d = asana.seeded.tasks[:3]
+    was = {r: c.get(r) for r in (a, b, d)}
+    c.meta()
+    asana.emulator.controls.reset()
+    results = c.update_many(
+        {
+            a: {"Section": "Signed", "Name": "Moved and renamed"},
+            b: {"Section": "Signed"},
+            d: {"Name": "Renamed only", "Section": was[d].fields["Section"]},  # type: ignore[union-attr]
+        },
+        {r: was[r].version for r in (a, b, d)},  # type: ignore[union-attr]
+    )
+    # reads (9 actions), moves (2), PUTs and the GET (3)
+    assert asana.emulator.controls.count("POST", "/api/1.0/batch") == 3
+    assert asana.emulator.controls.count() == 3
+    for ref in (a, b, d):
+        result = results[ref]
+        assert isinstance(result, RemoteRecord), (ref, result)
+        got = c.get(ref)
+        assert got is not None
+        assert result.version == got.version != was[ref].version  # type: ignore[union-attr]
+        assert result.fields == got.fields
+    assert results[a].fields["Section"] == "Signed"  # type: ignore[union-attr]
+    assert results[b].fields["Section"] == "Signed"  # type: ignore[union-attr]
+
+
+def test_update_many_writes_subtasks_and_comments_then_reads_back(asana: AsanaWorld) -> None:
+    """Subtasks and comments that differ are written one request each and their tasks read
+    back; subtasks and comments already as wanted cost nothing."""
+    c = asana.connector()
+    a, b = asana.seeded.tasks[:2]
+    now = {r: c.get(r) for r in (a, b)}
+    wanted = [{"title": "Send the quote", "done": False, "due": None, "owner": None}]
+    results = c.update_many(
+        {
+            a: {"Subtasks": wanted, "Name": "With a subtask"},
+            b: {"Subtasks": now[b].fields["Subtasks"], "Name": "Same subtasks"},  # type: ignore[union-attr]
+        },
+        {r: now[r].version for r in (a, b)},  # type: ignore[union-attr]
+    )
+    for ref in (a, b):
+        result = results[ref]
+        assert isinstance(result, RemoteRecord), (ref, result)
+        got = c.get(ref)
+        assert got is not None and result.version == got.version
+        assert result.fields == got.fields
+    assert [s["title"] for s in results[a].fields["Subtasks"]] == ["Send the quote"]  # type: ignore[union-attr]
+
+
+def test_update_many_returns_the_old_version_when_someone_edits_during_the_write(
+    asana: AsanaWorld,
+) -> None:
+    """A person's change between the version read and the PUT shows in the PUT's answer as a
+    field the bridge did not write: the version returned is the one read before, so the next
+    pull reads the task as changed and brings the person's value."""
+    c, person = asana.connector(), asana.person()
+    _, cursor = pull_all(c, Cursor())
+    a, b = asana.seeded.tasks[:2]
+    was = {r: c.get(r) for r in (a, b)}
+    original = c._batch
+
+    def batch(actions: Any) -> Any:
+        if any(x.get("method") == "put" for x in actions):
+            person.update(a, {"Amount": 4321.0}, expected_version=None)
+        return original(actions)
+
+    c._batch = batch  # type: ignore[method-assign]
+    results = c.update_many(
+        {a: {"Name": "Bridge name a"}, b: {"Name": "Bridge name b"}},
+        {r: was[r].version for r in (a, b)},  # type: ignore[union-attr]
+    )
+    c._batch = original  # type: ignore[method-assign]
+    ra, rb = results[a], results[b]
+    assert isinstance(ra, RemoteRecord) and isinstance(rb, RemoteRecord)
+    assert ra.version == was[a].version  # type: ignore[union-attr]
+    assert rb.version == c.get(b).version  # type: ignore[union-attr]
+    pages, _ = pull_all(c, cursor)
+    (pulled,) = [r for p in pages for r in p.records if r.ref == a]
+    assert pulled.version != ra.version
+    assert pulled.fields["Amount"] == 4321.0 and pulled.fields["Name"] == "Bridge name a"
+
+
+def test_update_many_refuses_per_task_and_raises_what_stops_all(asana: AsanaWorld) -> None:
+    c = asana.connector()
+    a, b = asana.seeded.tasks[:2]
+    results = c.update_many({a: {"Priority": "Whenever"}, b: {"Name": "Fine"}}, {a: None, b: None})
+    assert isinstance(results[a], SkippableRecord)
+    assert isinstance(results[b], RemoteRecord)
+    asana.emulator.revoke(BOT_TOKEN)
+    with pytest.raises(AuthError):
+        c.update_many({a: {"Name": "x"}, b: {"Name": "y"}}, {a: None, b: None})
 
 
 # --------------------------------------------------------------------------- the HTTP layer

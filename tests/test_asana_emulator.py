@@ -71,6 +71,16 @@ def test_every_response_of_a_full_workload_is_valid_against_the_spec(
     )  # fmt: skip
     person.update(created.ref, {"Section": "Signed", "Name": "Spec check 2"}, expected_version=None)
     list(c.pull(cursor, signpost=datetime.now(UTC)))
+    others = w.seeded.tasks[:3]
+    written = c.update_many(  # reads, section moves and PUTs through the batch API
+        {
+            others[0]: {"Name": "Batch 1", "Section": "Signed"},
+            others[1]: {"Section": "Proposal"},
+            others[2]: {"Amount": 20, "Comments": [{"what": "x", "at": "2026-01-01T00:00:00Z"}]},
+        },
+        {},
+    )
+    assert all(not isinstance(r, Exception) for r in written.values()), written
     s = api(w)
     pipeline = w.seeded.pipeline
     for path in (

@@ -28,8 +28,11 @@ A record's fields are keyed by display name: ``Name``, ``Notes``, ``Section``, `
 ``Due date``, ``Start date``, ``Completed``, ``Created``, ``Subtasks`` (a list of canonical
 tasks), ``Comments`` (a list of canonical actions) and every custom field by its name. Its
 version is the latest ``modified_at`` of the task and (when read) its subtasks; Asana cannot
-refuse a write against an old version, so :meth:`AsanaConnector.update` reads the version
-first (one batch request) and raises StaleVersion itself.
+refuse a write against an old version, so an update reads the task, its subtasks and stories
+first and raises StaleVersion itself. :meth:`AsanaConnector.update_many` (the engine's batch
+push; ``update`` is the same for one task) does it through the batch API: the reads ten per
+request, then section moves and the PUTs ten per request, whose answers are the records (no
+read-back): ``ceil(3K / 10) + ceil(K / 10)`` requests for K tasks, plus the moves'.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import logging
 import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -55,13 +58,16 @@ from connectors.base import (
     AuthError,
     Connector,
     ConnectorConfig,
+    ConnectorError,
     Cursor,
     FatalError,
     Page,
     RateLimit,
+    RateLimited,
     RemoteField,
     RemoteRecord,
     RemoteUser,
+    RetriableError,
     Schema,
     SkippableRecord,
     StaleVersion,
@@ -713,72 +719,98 @@ class AsanaConnector(Connector[AsanaConfig]):
 
     def _batch_get(self, calls: Sequence[tuple[str, Json]]) -> list[tuple[str, int, Json]]:
         """GETs through ``POST /batch``, ten per request: (path, status, body) in call order."""
+        actions = []
+        for path, params in calls:
+            paging = ("opt_fields", "limit", "offset")
+            data = {k: v for k, v in params.items() if k not in paging}
+            options: Json = {"fields": params["opt_fields"].split(",")}
+            for key in ("limit", "offset"):
+                if key in params:
+                    options[key] = params[key]
+            actions.append(
+                {"relative_path": path, "method": "get", "data": data, "options": options}
+            )
         out: list[tuple[str, int, Json]] = []
-        batch = self.api("BatchAPIApi")
-        for i in range(0, len(calls), BATCH):
-            chunk = calls[i : i + BATCH]
-            actions = []
-            for path, params in chunk:
-                paging = ("opt_fields", "limit", "offset")
-                data = {k: v for k, v in params.items() if k not in paging}
-                options: Json = {"fields": params["opt_fields"].split(",")}
-                for key in ("limit", "offset"):
-                    if key in params:
-                        options[key] = params[key]
-                actions.append(
-                    {"relative_path": path, "method": "get", "data": data, "options": options}
+        for (path, _), (status, body) in zip(calls, self._batch(actions), strict=True):
+            if status in (401, 403):
+                raise AuthError(
+                    f"{self.name}: GET {path} -> {status} in a batch",
+                    connector=self.name,
+                    status=status,
                 )
-            results = _data(batch.create_batch_request({"data": {"actions": actions}}, {}))
-            for (path, _), result in zip(chunk, results, strict=True):
-                status = int(result.get("status_code", 0))
-                body = result.get("body") or {}
-                if status in (401, 403):
-                    raise AuthError(
-                        f"{self.name}: GET {path} -> {status} in a batch",
-                        connector=self.name,
-                        status=status,
-                    )
-                if status >= 400 and status != 404:
-                    raise FatalError(
-                        f"{self.name}: GET {path} -> {status} in a batch: {body}",
-                        connector=self.name,
-                        status=status,
-                    )
-                out.append((path, status, body))
+            if status >= 400 and status != 404:
+                raise FatalError(
+                    f"{self.name}: GET {path} -> {status} in a batch: {body}",
+                    connector=self.name,
+                    status=status,
+                )
+            out.append((path, status, body))
+        return out
+
+    def _batch(self, actions: Sequence[Json]) -> list[tuple[int, Json]]:
+        """Actions through ``POST /batch``, ten per request: (status, body) of each, in order.
+
+        Asana runs a request's actions in parallel and in no set order: actions that depend
+        on each other go in separate calls."""
+        out: list[tuple[int, Json]] = []
+        batch = self.api("BatchAPIApi")
+        for i in range(0, len(actions), BATCH):
+            chunk = list(actions[i : i + BATCH])
+            results = _data(batch.create_batch_request({"data": {"actions": chunk}}, {}))
+            for result in results:
+                out.append((int(result.get("status_code", 0)), result.get("body") or {}))
+            if len(results) != len(chunk):
+                raise FatalError(
+                    f"{self.name}: a batch of {len(chunk)} actions answered {len(results)}",
+                    connector=self.name,
+                )
         return out
 
     def _records(self, tasks: list[Json]) -> tuple[list[RemoteRecord], list[SkippableRecord]]:
-        subs: dict[str, list[Json]] = {}
-        stories: dict[str, list[Json]] = {}
-        calls: list[tuple[str, Json]] = []
-        for t in tasks:
-            if self.wants(SUBTASKS):
-                calls.append(
-                    (f"/tasks/{t['gid']}/subtasks", {"opt_fields": _SUB_FIELDS, "limit": MAX_PAGE})
-                )
-            if self.wants(COMMENTS):
-                calls.append(
-                    (f"/tasks/{t['gid']}/stories", {"opt_fields": _STORY_FIELDS, "limit": MAX_PAGE})
-                )
-        for path, status, body in self._batch_get(calls) if calls else []:
-            _, _, gid, kind = path.split("/")
-            items = (body.get("data") or []) if status < 400 else []
-            (subs if kind == "subtasks" else stories)[gid] = items
+        calls = [c for t in tasks for c in self._child_calls(str(t["gid"]))]
+        children = self._children(self._batch_get(calls) if calls else [])
         records: list[RemoteRecord] = []
         skipped: list[SkippableRecord] = []
         for t in tasks:
-            try:
-                records.append(self._record(t, subs.get(t["gid"]), stories.get(t["gid"])))
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                skipped.append(
-                    SkippableRecord(
-                        str(t.get("gid", "?")),
-                        f"malformed task: {type(exc).__name__}: {exc}",
-                        connector=self.name,
-                        payload=t,
-                    )
-                )
+            built = self._built(t, children)
+            (skipped if isinstance(built, SkippableRecord) else records).append(built)  # type: ignore[arg-type]
         return records, skipped
+
+    def _child_calls(self, gid: str) -> list[tuple[str, Json]]:
+        """The reads a task's record needs besides the task: subtasks, stories (if wanted)."""
+        calls: list[tuple[str, Json]] = []
+        if self.wants(SUBTASKS):
+            calls.append((f"/tasks/{gid}/subtasks", {"opt_fields": _SUB_FIELDS, "limit": MAX_PAGE}))
+        if self.wants(COMMENTS):
+            calls.append(
+                (f"/tasks/{gid}/stories", {"opt_fields": _STORY_FIELDS, "limit": MAX_PAGE})
+            )
+        return calls
+
+    @staticmethod
+    def _children(answers: Iterable[tuple[str, int, Json]]) -> dict[tuple[str, str], list[Json]]:
+        """(gid, "subtasks" | "stories") -> items, from the answers to :meth:`_child_calls`."""
+        found: dict[tuple[str, str], list[Json]] = {}
+        for path, status, body in answers:
+            _, _, gid, kind = path.split("/")
+            found[(gid, kind)] = (body.get("data") or []) if status < 400 else []
+        return found
+
+    def _built(
+        self, task: Json, children: Mapping[tuple[str, str], list[Json]]
+    ) -> RemoteRecord | SkippableRecord:
+        gid = str(task.get("gid", "?"))
+        try:
+            return self._record(
+                task, children.get((gid, "subtasks")), children.get((gid, "stories"))
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return SkippableRecord(
+                gid,
+                f"malformed task: {type(exc).__name__}: {exc}",
+                connector=self.name,
+                payload=task,
+            )
 
     def _record(
         self, task: Json, subtasks: list[Json] | None, stories: list[Json] | None
@@ -864,20 +896,197 @@ class AsanaConnector(Connector[AsanaConfig]):
     ) -> RemoteRecord:
         if self.layout is not None:
             return self.layout.update(ref, changes, expected_version=expected_version)
+        result = self._update_tasks({ref: changes}, {ref: expected_version})[ref]
+        if isinstance(result, ConnectorError):
+            raise result
+        return result
+
+    def update_many(
+        self,
+        changes: Mapping[str, Mapping[str, Any]],
+        expected_versions: Mapping[str, str | None] | None = None,
+    ) -> dict[str, RemoteRecord | ConnectorError]:
+        """Update many tasks through the batch API (the engine's batch hook).
+
+        Returns, per ref, the record as written or that task's error: StaleVersion (changed
+        since ``expected_versions[ref]``, or gone: nothing was written), SkippableRecord or
+        FatalError (refused). Auth, rate-limit and network failures are raised. See
+        :meth:`_update_tasks` for the requests; the "projects" layout updates one by one.
+        """
+        expected = expected_versions or {}
+        if self.layout is None:
+            return self._update_tasks(changes, expected)
+        out: dict[str, RemoteRecord | ConnectorError] = {}
+        for ref, fields in changes.items():
+            try:
+                out[ref] = self.layout.update(ref, fields, expected_version=expected.get(ref))
+            except AuthError:
+                raise
+            except (StaleVersion, SkippableRecord, FatalError) as exc:
+                out[ref] = exc
+        return out
+
+    def _update_tasks(
+        self, changes: Mapping[str, Mapping[str, Any]], expected: Mapping[str, str | None]
+    ) -> dict[str, RemoteRecord | ConnectorError]:
+        """Asana cannot refuse a write against an old version, so each task is read first: the
+        task, its subtasks and its stories (what the version and the comments come from), ten
+        reads per batch request. A task whose version is not the expected one is StaleVersion
+        and not written. Then, ten actions per batch request: section moves (``addTask``),
+        then each task's ``PUT`` (or, for a move alone, a ``GET``), in separate requests as
+        Asana runs a batch's actions in no set order. The PUT answers with the task, and the
+        subtasks and stories were read just before, so the record is known without a
+        read-back: K tasks cost ``ceil(3K / 10) + ceil(K / 10)`` requests (+ the moves').
+        Subtasks and comments that differ from the task's are written one request each and
+        those tasks read back (ten reads per batch).
+
+        Someone else's change between the read and the write shows in the PUT's answer as a
+        field this update did not write: that record is returned with the version read before
+        the write, so the next pull finds a new version and reads the task as changed.
+        """
         meta = self.meta()
-        current = self.get(ref)
-        if current is None:
-            raise StaleVersion(ref, expected_version, None, connector=self.name)
-        if expected_version is not None and current.version != expected_version:
-            raise StaleVersion(ref, expected_version, current.version, connector=self.name)
-        body, after = self._changes(changes, meta, ref=ref)
-        section = body.pop("_section", None)
-        if body:
-            self.api("TasksApi").update_task({"data": body}, ref, {"opt_fields": "gid"})
-        if section is not None and current.fields.get(SECTION) != _section_name(meta, section):
-            self.api("SectionsApi").add_task_for_section(section, {"body": {"data": {"task": ref}}})
-        after(ref, current.fields.get(COMMENTS) or [])
-        return self._written(ref)
+        out: dict[str, RemoteRecord | ConnectorError] = {}
+        plans: dict[str, tuple[Json, Any]] = {}
+        for ref, fields in changes.items():
+            if not ref.isdigit():
+                out[ref] = StaleVersion(ref, expected.get(ref), None, connector=self.name)
+                continue
+            try:
+                plans[ref] = self._changes(fields, meta, ref=ref)
+            except SkippableRecord as exc:
+                out[ref] = exc
+        # The tasks as they are now (task, subtasks, stories), ten reads per request.
+        calls: list[tuple[str, Json]] = []
+        for ref in plans:
+            calls += [(f"/tasks/{ref}", {"opt_fields": self.opt_fields()}), *self._child_calls(ref)]
+        answers = self._batch_get(calls) if calls else []
+        tasks = {
+            p.split("/")[2]: b.get("data") for p, st, b in answers if p.count("/") == 2 and st < 400
+        }
+        children = self._children(a for a in answers if a[0].count("/") == 3)
+        current: dict[str, RemoteRecord] = {}
+        for ref in plans:
+            task = tasks.get(ref)
+            if not isinstance(task, dict) or (task.get("parent") or {}).get("gid"):
+                task = None  # gone, or a subtask: not a record (as get() has it)
+            elif not self._in_project(task):
+                task = None
+            now = None if task is None else self._built(task, children)
+            if isinstance(now, SkippableRecord):
+                out[ref] = now
+            elif now is None or (expected.get(ref) is not None and now.version != expected[ref]):
+                actual = None if now is None else now.version
+                out[ref] = StaleVersion(ref, expected.get(ref), actual, connector=self.name)
+            else:
+                current[ref] = now
+        # Section moves, then the PUTs (a move alone: a GET for the new modified_at).
+        moves: dict[str, str] = {}
+        for ref, now in current.items():
+            section = plans[ref][0].pop("_section", None)
+            if section is not None and now.fields.get(SECTION) != _section_name(meta, section):
+                moves[ref] = section
+        moved = self._batch(
+            [
+                {"relative_path": f"/sections/{s}/addTask", "method": "post", "data": {"task": r}}
+                for r, s in moves.items()
+            ]
+        )
+        for (ref, section), (status, body) in zip(moves.items(), moved, strict=True):
+            if status >= 400:
+                out[ref] = self._action_error(f"POST /sections/{section}/addTask", status, body)
+                del current[ref]
+        opt = self.opt_fields().split(",")
+        sends: list[tuple[str, Json]] = []
+        for ref in current:
+            body = plans[ref][0]
+            if body or ref in moves:
+                path, method = f"/tasks/{ref}", "put" if body else "get"
+                action: Json = {"relative_path": path, "method": method, "data": body}
+                sends.append((ref, {**action, "options": {"fields": opt}}))
+        answered: dict[str, Json] = {}
+        for (ref, action), (status, body) in zip(
+            sends, self._batch([a for _, a in sends]), strict=True
+        ):
+            if status == 404:  # deleted since the read: the next pull sees it gone
+                out[ref] = StaleVersion(ref, expected.get(ref), None, connector=self.name)
+                del current[ref]
+            elif status >= 400:
+                what = f"{action['method'].upper()} /tasks/{ref}"
+                out[ref] = self._action_error(what, status, body)
+                del current[ref]
+            else:
+                answered[ref] = body.get("data") or {}
+        # Subtasks and comments, then those tasks read back.
+        again: list[str] = []
+        for ref, now in current.items():
+            if self._writes_children(changes[ref], now):
+                try:
+                    plans[ref][1](ref, now.fields.get(COMMENTS) or [])
+                except AuthError:
+                    raise
+                except FatalError as exc:
+                    out[ref] = exc
+                    continue
+                again.append(ref)
+            elif ref in answered:
+                out[ref] = self._answered(answered[ref], now, children, changes[ref], ref in moves)
+            else:
+                out[ref] = now  # nothing to write
+        if again:
+            records, skipped = self._fetch(again)
+            found: dict[str, RemoteRecord | ConnectorError] = {
+                r.ref: r for r in records if not r.deleted
+            }
+            found.update({s.ref: s for s in skipped})
+            for ref in again:
+                out[ref] = found.get(ref) or FatalError(
+                    f"task {ref} vanished right after it was written", connector=self.name
+                )
+        return {ref: out[ref] for ref in changes}
+
+    def _answered(
+        self,
+        task: Json,
+        before: RemoteRecord,
+        children: Mapping[tuple[str, str], list[Json]],
+        written: Mapping[str, Any],
+        moved: bool,
+    ) -> RemoteRecord | ConnectorError:
+        """The record after a write, from the task the write answered with and the subtasks
+        and stories read before it (the write changed neither)."""
+        after = self._built(task, children)
+        if isinstance(after, SkippableRecord):
+            return after
+        mine = {_canonical_name(k) for k in written} | ({SECTION} if moved else set())
+        keys = (set(after.fields) | set(before.fields)) - mine - {SUBTASKS, COMMENTS}
+        if any(after.fields.get(k) != before.fields.get(k) for k in keys):
+            # Someone else changed the task between the read and the write: the version read
+            # before, so that the next pull reads the task as changed.
+            return replace(after, version=before.version)
+        return after
+
+    def _writes_children(self, fields: Mapping[str, Any], now: RemoteRecord) -> bool:
+        """Whether ``fields`` change the task's subtasks or add comments."""
+        for key, value in fields.items():
+            name = _canonical_name(key)
+            if name == SUBTASKS and [dict(x) for x in value or []] != now.fields.get(SUBTASKS):
+                return True
+            if name == COMMENTS:
+                have = {_action_key(a) for a in now.fields.get(COMMENTS) or []}
+                if any(_action_key(a) not in have for a in value or []):
+                    return True
+        return False
+
+    def _action_error(self, what: str, status: int, body: Json) -> ConnectorError:
+        """The error of one write in a batch; what stops every write is raised."""
+        where = f"{self.name}: {what} -> {status} in a batch: {str(body)[:200]}"
+        if status in (401, 403):
+            raise AuthError(where, connector=self.name, status=status)
+        if status == 429:
+            raise RateLimited(where, connector=self.name, status=status)
+        if status >= 500 or status < 100:
+            raise RetriableError(where, connector=self.name, status=status)
+        return FatalError(where, connector=self.name, status=status)
 
     def _written(self, ref: str) -> RemoteRecord:
         record = self.get(ref)
