@@ -26,12 +26,24 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     # with returnIssue (Cloud): its answer is the record.
     "jira": (3, 1, 1, math.ceil(CHANGED / 100) + CHANGED),
     # actions in pages of 1,000 (4 here) + lists + custom fields + cards; one actions call;
-    # actions + custom fields + one GET per changed card; per update of card attributes:
-    # version GET, PUT (its answer is the record).
-    "trello": (7, 1, 2 + CHANGED, 2 * CHANGED),
+    # actions + one GET /batch holding the board's custom fields and the changed cards (ten
+    # routes a batch); a batch of updates reads ten cards' versions per GET /batch, then one
+    # PUT per card (its answer is the record).
+    "trello": (
+        7,
+        1,
+        1 + math.ceil((CHANGED + 1) / 10),
+        CHANGED + math.ceil(CHANGED / 10),
+    ),
     # 3 task pages + events + 2 batched GETs (subtasks, stories) per task, 10 per batch;
-    # events; events + batches; per update: PUT + 4 batch GETs (version, read back).
-    "asana": (1 + math.ceil(N / 100) + math.ceil(2 * N / 10), 1, 1 + 2, 5 * CHANGED),
+    # events; events + batches; a batch of updates reads each task, its subtasks and stories
+    # ten reads per POST /batch, then the PUTs ten per batch (their answers are the records).
+    "asana": (
+        1 + math.ceil(N / 100) + math.ceil(2 * N / 10),
+        1,
+        1 + 2,
+        math.ceil(3 * CHANGED / 10) + math.ceil(CHANGED / 10),
+    ),
     # one SOQL query (2,000 a batch); one; one; per 200 updates: a SOQL query of their
     # versions (collections check none), the collections PATCH, a query reading them back
     # (their new versions).
