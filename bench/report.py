@@ -18,12 +18,13 @@ FORCED = ("asana", "trello", "pipedrive")
 def push_bound(kind: str, k: int) -> int:
     """The most requests a push of ``k`` updates may cost: one write per record plus the
     stale-version guard's reads, batched (100 a search for Jira and Pipedrive, 10 a batch for
-    Trello); for the batch APIs a version read, the write and a read-back per batch (200 a
-    Salesforce Collections call, 10 an Asana batch)."""
+    Trello); for the batch APIs the write per batch plus its guard: Salesforce a version query
+    and a read-back (Collections returns no version) per 200, Asana three reads per task (the
+    task, its subtasks and its stories make its version), ten reads or writes a batch."""
     if kind == "salesforce":
         return 3 * math.ceil(k / 200)
     if kind == "asana":
-        return 3 * math.ceil(k / 10)
+        return math.ceil(3 * k / 10) + math.ceil(k / 10)
     return k + math.ceil(k / 10)
 
 
