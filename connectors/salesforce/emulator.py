@@ -6,7 +6,10 @@ labels, picklists, references, child relationships), system fields (``CreatedDat
 ``LastModifiedDate``, ``SystemModstamp`` at millisecond precision, never repeating), the
 recycle bin (``IsDeleted``), stage side effects (Probability, IsClosed, IsWon, forecast
 category), an OpportunityHistory row for every stage, amount, close date or probability change,
-unique external ids and validation rules. Its methods are edits people make in the org.
+unique external ids and validation rules. Its methods are edits people make in the org, and an
+admin's schema changes (:meth:`SalesforceOrg.delete_field`, :meth:`SalesforceOrg.set_picklist`).
+The org is one set up for salesbridge: OpportunityContactRole has the custom picklist
+``Attitude__c`` and a "Blocker" value in its Role picklist (see ``mappings/salesforce.toml``).
 
 :class:`SalesforceEmulator` serves it (``/services/oauth2/token``, ``/services/data/vXX.X/``):
 
@@ -35,7 +38,7 @@ import math
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -160,6 +163,10 @@ STAGES = (
     Stage("Closed/Won", 100, True, True, "Closed"),
 )
 CURRENCIES = ("USD", "EUR", "GBP", "CNY", "JPY")
+# The standard OpportunityContactRole.Role values, and "Blocker": no standard value stands for a
+# stakeholder who works against the deal, so an org synced with salesbridge adds one (admins can
+# add values to the Role picklist), as this org has. Its custom picklist Attitude__c on
+# OpportunityContactRole (custom fields there exist since Spring '20) holds the attitude.
 CONTACT_ROLES = (
     "Business User",
     "Decision Maker",
@@ -170,7 +177,9 @@ CONTACT_ROLES = (
     "Influencer",
     "Technical Buyer",
     "Other",
+    "Blocker",
 )
+ATTITUDES = ("Supportive", "Neutral", "Opposed", "Unknown")
 TASK_STATUSES = ("Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred")
 
 
@@ -293,6 +302,7 @@ _OBJECTS: dict[str, tuple[str, str, tuple[tuple[str, str, str, str], ...]]] = {
         ("ContactId", "Contact ID", "reference:Contact/Contact", "req"),
         ("Role", "Role", "picklist:contact_roles", ""),
         ("IsPrimary", "Primary", "boolean", ""),
+        ("Attitude__c", "Attitude", "picklist:attitudes", ""),
     )),
     "OpportunityHistory": ("Opportunity History", "008", (
         ("OpportunityId", "Opportunity ID", "reference:Opportunity/Opportunity", "ro"),
@@ -332,6 +342,7 @@ _CHILDREN = {
 _OPTIONS = {
     "currencies": CURRENCIES,
     "contact_roles": CONTACT_ROLES,
+    "attitudes": ATTITUDES,
     "task_statuses": TASK_STATUSES,
     "task_priorities": ("High", "Normal", "Low"),
     "forecast": ("Omitted", "Pipeline", "Best Case", "Commit", "Closed"),
@@ -511,6 +522,34 @@ class SalesforceOrg:
     def add_validation_rule(self, rule: ValidationRule) -> None:
         with self._lock:
             self.rules.append(rule)
+
+    # -- an admin's changes to the schema (Setup > Object Manager)
+
+    def delete_field(self, sobject: str, name: str) -> None:
+        """Delete a custom field: it leaves the describe, queries naming it fail, values go."""
+        with self._lock:
+            obj = self._object(sobject)
+            fdef = obj.field(name)
+            if fdef is None or not fdef.name.endswith("__c"):
+                raise ValueError(f"{sobject}.{name} is no custom field")
+            kept = tuple(f for f in obj.fields if f is not fdef)
+            self._redefine(replace(obj, fields=kept))
+            for rec in self.records[obj.name].values():
+                rec.pop(fdef.name, None)
+
+    def set_picklist(self, sobject: str, name: str, values: Iterable[str]) -> None:
+        """Make ``values`` the active values of a picklist (records keep what they hold)."""
+        with self._lock:
+            obj = self._object(sobject)
+            fdef = obj.field(name)
+            if fdef is None or fdef.type != "picklist":
+                raise ValueError(f"{sobject}.{name} is no picklist")
+            new = replace(fdef, picklist=tuple(values))
+            self._redefine(replace(obj, fields=tuple(new if f is fdef else f for f in obj.fields)))
+
+    def _redefine(self, obj: ObjectDef) -> None:
+        self.schema[obj.name] = obj
+        self._prefixes[obj.prefix] = obj
 
     # -- edits
 
