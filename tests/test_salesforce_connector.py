@@ -13,13 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from bridge.errors import AuthError, RateLimited, SkippableRecord, StaleVersion
+from bridge.errors import AuthError, FatalError, RateLimited, SkippableRecord, StaleVersion
 from bridge.mapping import MappingSpec, load_mapping
 from connectors.base import Connector, Cursor, RemoteRecord
 from connectors.memory import SteppingClock
 from connectors.salesforce.connector import SalesforceConfig, SalesforceConnector
-from connectors.salesforce.emulator import SalesforceEmulator, SalesforceOrg, ValidationRule
+from connectors.salesforce.emulator import (
+    CONTACT_ROLES,
+    SalesforceEmulator,
+    SalesforceOrg,
+    ValidationRule,
+)
 from tests.contract import ConnectorContract, new_stamp
 
 REPO = Path(__file__).resolve().parent.parent
@@ -633,3 +639,118 @@ def test_child_lists_in_batch_writes_and_creates(
                              "expected_close_date": "2024-09-30"})  # fmt: skip
     created = crm.create(fields, stamp=stamp)
     assert spec.to_canonical(created)["stakeholders"] == [person]
+
+
+# --------------------------------------------------------------------------- roles and attitudes
+
+MEI = {"name": "Mei Chen", "title": "CFO", "role": "blocker", "attitude": "supportive",
+       "email": "mei@globex.example"}  # fmt: skip
+
+
+def test_an_org_lacking_the_attitude_field_or_a_role_value_is_refused_saying_what_to_add(
+    org: SalesforceOrg, emulator: SalesforceEmulator, crm: SalesforceConnector
+) -> None:
+    org.delete_field("OpportunityContactRole", "Attitude__c")
+    ref = org.insert("Opportunity", opportunity())
+    spec = spec_for(crm)  # the mapping still loads: discover() reports no problem itself
+
+    with pytest.raises(FatalError) as pulled:
+        pull_all(crm, Cursor(), org.clock())
+    text = str(pulled.value)
+    assert "OpportunityContactRole has no field 'Attitude__c' (attitude_field)" in text
+    assert "Setup > Object Manager > Opportunity Contact Role" in text
+    assert 'attitude_field = ""' in text
+    assert 'turn those roles into "other" and attitudes into "unknown"' in text
+
+    # A write of stakeholders fails before anything is written; check() says the same.
+    before = writes(emulator)
+    with pytest.raises(FatalError, match="Attitude__c"):
+        crm.update(ref, spec.to_remote({"stakeholders": [MEI]}), expected_version=None)
+    assert writes(emulator) == before
+    assert "OpportunityContactRole has no field 'Attitude__c'" in crm.check()
+
+    # A Role picklist without a value for blocker: named, with the row contact_roles needs.
+    standard = [v for v in CONTACT_ROLES if v != "Blocker"]
+    org.set_picklist("OpportunityContactRole", "Role", standard)
+    crm.discover()
+    with pytest.raises(FatalError) as pulled:
+        pull_all(crm, Cursor(), org.clock())
+    text = str(pulled.value)
+    assert "OpportunityContactRole.Role has no picklist value that contact_roles maps to " \
+        "blocker: add \"Blocker\" to the Role picklist" in text  # fmt: skip
+    assert '"Blocker" = "blocker"' in text and "contact_roles = {}" in text
+    assert "Attitude__c" in text, "every problem at once"
+
+    # A mapping without stakeholders needs neither.
+    crm.select(FIELDS)
+    records, _ = pull_all(crm, Cursor(), org.clock())
+    assert [r.ref for r in records] == [ref]
+
+
+def test_an_attitude_picklist_lacking_a_value_is_refused_and_its_values_read_in_words(
+    org: SalesforceOrg, emulator: SalesforceEmulator, salesforce_env: None
+) -> None:
+    org.set_picklist("OpportunityContactRole", "Attitude__c", ["Supportive", "Neutral"])
+    with connect(emulator) as crm:
+        crm.discover()
+        assert (
+            "OpportunityContactRole.Attitude__c (attitude_field) has no picklist value for "
+            'opposed: add "Opposed" to it'
+        ) in crm.check()
+    # Labels are read in words, any case; "Unknown" may be missing (an empty value reads so).
+    org.set_picklist("OpportunityContactRole", "Attitude__c", ["SUPPORTIVE", "neutral", "Opposed"])
+    with connect(emulator) as crm:
+        spec = spec_for(crm)
+        ref = org.insert("Opportunity", opportunity())
+        people = [MEI, {**MEI, "name": "Jo Park", "email": "jo@globex.example",
+                        "attitude": "unknown"}]  # fmt: skip
+        record = crm.update(ref, spec.to_remote({"stakeholders": people}), expected_version=None)
+        assert spec.to_canonical(record)["stakeholders"] == people
+        held = {
+            r["ContactId"]: r["Attitude__c"] for r in org.records["OpportunityContactRole"].values()
+        }
+        assert sorted(held.values(), key=str) == [None, "SUPPORTIVE"]
+
+
+def test_without_an_attitude_field_attitudes_read_unknown_and_are_never_written(
+    org: SalesforceOrg, emulator: SalesforceEmulator, salesforce_env: None
+) -> None:
+    account = org.insert("Account", {"Name": "Globex"})
+    ref = org.insert("Opportunity", opportunity(AccountId=account))
+    mei = org.insert("Contact", {"FirstName": "Mei", "LastName": "Chen", "Title": "CFO",
+                                 "Email": "mei@globex.example"})  # fmt: skip
+    role = org.insert("OpportunityContactRole", {
+        "OpportunityId": ref, "ContactId": mei, "Role": "Blocker", "Attitude__c": "Opposed",
+    })  # fmt: skip
+    with connect(emulator, attitude_field="") as crm:
+        spec = spec_for(crm)
+        record = crm.get(ref)
+        assert record is not None
+        assert spec.to_canonical(record)["stakeholders"] == [{**MEI, "attitude": "unknown"}]
+
+        jo = {"name": "Jo Park", "title": None, "role": "champion", "attitude": "opposed",
+              "email": "jo@globex.example"}  # fmt: skip
+        before = writes(emulator)
+        record = crm.update(ref, spec.to_remote({"stakeholders": [MEI, jo]}), expected_version=None)
+        assert writes(emulator) == before + 2, "Jo's contact and role; Mei's attitude is not kept"
+        assert spec.to_canonical(record)["stakeholders"] == [
+            {**MEI, "attitude": "unknown"}, {**jo, "attitude": "unknown"},
+        ]  # fmt: skip
+        assert org.records["OpportunityContactRole"][role]["Attitude__c"] == "Opposed"
+        (new,) = [r for r in org.records["OpportunityContactRole"].values() if r["Id"] != role]
+        assert (new["Role"], new["Attitude__c"]) == ("Executive Sponsor", None)
+
+    # An org without the field at all: never queried, never written.
+    org.delete_field("OpportunityContactRole", "Attitude__c")
+    with connect(emulator, attitude_field="") as crm:
+        spec = spec_for(crm)
+        records, _ = pull_all(crm, Cursor(), org.clock())
+        (got,) = [spec.to_canonical(r)["stakeholders"] for r in records]
+        assert [p["attitude"] for p in got] == ["unknown", "unknown"]
+        crm.update(ref, spec.to_remote({"stakeholders": [jo]}), expected_version=None)
+        assert "attitude" not in crm.check()
+
+
+def test_contact_roles_name_stakeholder_roles(emulator: SalesforceEmulator) -> None:
+    with pytest.raises(ValidationError, match="'sponsor': not a stakeholder role"):
+        config(emulator, contact_roles={"Executive Sponsor": "sponsor"})

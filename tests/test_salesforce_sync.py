@@ -392,3 +392,59 @@ def test_a_salesforce_edit_made_during_a_batch_push_is_not_overwritten(
     assert bridge.hub(pid)["description"] == "person"
     assert org.records["Opportunity"][refs[1]]["Description"] == "person"
     assert bridge.board_values(bridge.ref_of("board", pid))["description"] == "person"
+
+
+ROLES = ("decision_maker", "economic_buyer", "influencer", "champion", "user",
+         "technical_buyer", "blocker", "other")  # fmt: skip
+ATTITUDES = ("supportive", "neutral", "opposed", "unknown")
+
+
+def people(shift: int = 0) -> list[dict[str, Any]]:
+    """A stakeholder per role, the attitudes in turn (``shift`` moves both along)."""
+    return [
+        {"name": f"Person {i}", "title": "VP", "role": ROLES[(i + shift) % len(ROLES)],
+         "attitude": ATTITUDES[(i + shift) % len(ATTITUDES)], "email": f"p{i}@globex.example"}
+        for i in range(len(ROLES))
+    ]  # fmt: skip
+
+
+def test_every_role_and_attitude_round_trips_through_salesforce(
+    bridge: SalesforceBridge,
+) -> None:
+    """Stakeholders set on the board, pushed to Salesforce and pulled again (by the incremental
+    pull that follows and by a census that reads every record) come back as they were: every
+    role has a Role picklist value and the attitude lives in OpportunityContactRole.Attitude__c.
+    Before, Salesforce read back "other" for a blocker and "unknown" for every attitude, and
+    the census overwrote the hub (and the board) with that."""
+    org = bridge.org
+    ref = add_deal(org, "Stakeholder deal")
+    bridge.settle()
+    pid = bridge.project_of("crm", ref)
+    board_ref = bridge.ref_of("board", pid)
+    for shift in (0, 3):  # set, then every role and attitude changed
+        wanted = people(shift)
+        bridge.board_edit(board_ref, stakeholders=wanted)
+        report = bridge.sync()
+        assert report.ok, report.connectors
+        assert report.connectors["crm"].counts["pushed"] == 1
+        live = [r for r in org.records["OpportunityContactRole"].values() if not r["IsDeleted"]]
+        assert len(live) == len(ROLES)
+        assert {r["Attitude__c"] for r in live} == {"Supportive", "Neutral", "Opposed", "Unknown"}
+        assert "Blocker" in {r["Role"] for r in live}
+
+        again = bridge.sync()
+        assert again.ok and not again.plan.rows(), again.plan.rows()
+        census = bridge.sync(full=True)
+        assert census.ok and not census.plan.rows(), census.plan.rows()
+        assert bridge.hub(pid)["stakeholders"] == wanted
+        assert bridge.board_values(board_ref)["stakeholders"] == wanted
+
+    # A person changes an attitude in Salesforce; the census brings it to the hub and board
+    # (a contact role's edit does not move the opportunity's SystemModstamp).
+    (row,) = [r for r in org.records["OpportunityContactRole"].values()
+              if not r["IsDeleted"] and r["Role"] == "Blocker"]  # fmt: skip
+    org.update("OpportunityContactRole", row["Id"], {"Attitude__c": "Supportive"})
+    assert bridge.sync(full=True).ok
+    (blocker,) = [p for p in bridge.hub(pid)["stakeholders"] if p["role"] == "blocker"]
+    assert blocker["attitude"] == "supportive"
+    assert bridge.board_values(board_ref)["stakeholders"] == bridge.hub(pid)["stakeholders"]

@@ -27,6 +27,22 @@ The canonical id lives in an external id field (``Canonical_Id__c``), so creates
 on it and can never duplicate. ``version`` is ``SystemModstamp``; ``updated_at``
 ``LastModifiedDate``.
 
+**Stakeholders** are the opportunity's contact roles, in creation order: the Contact gives
+``name``, ``title`` and ``email``; ``Role`` the role, through ``contact_roles`` (Role value ->
+role, any case; the first row of a role is the one written). The default covers every role
+with the standard values plus "Blocker", which orgs lack and add to the Role picklist.
+Salesforce has no field for the attitude, so it lives in a custom picklist on
+OpportunityContactRole named by ``attitude_field`` (default ``Attitude__c``; values in words,
+any case: Supportive, Neutral, Opposed, Unknown). Both are resolved through the describe of
+OpportunityContactRole (read by :meth:`discover`, so pulls cost no request more) and are
+required while stakeholders are in use: pulls and stakeholder writes fail (FatalError), saying
+what to add, when a role has no picklist value or the attitude field or one of its values is
+missing, because a round trip would otherwise turn hub roles into "other" and attitudes into
+"unknown"; :meth:`check` says so too. ``attitude_field = ""`` (or ``contact_roles = {}``) does
+without: attitudes read "unknown" (roles "other") and are never written. The version being the
+Opportunity's ``SystemModstamp`` (which a contact role's edit does not move), a role or
+attitude changed in Salesforce is seen once the opportunity changes, or by a full pull.
+
 **Pulls** are one SOQL query, paged by ``nextRecordsUrl``: ``queryAll`` (deleted records
 included, as ``deleted``) ``WHERE SystemModstamp >= cursor - overlap ORDER BY SystemModstamp,
 Id``, selecting only the fields in use (:meth:`select`).
@@ -46,6 +62,8 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any, ClassVar, Literal, TypeVar
@@ -59,7 +77,7 @@ from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSessi
 
 from bridge.errors import ConnectorError
 from bridge.http import RETRY_STATUSES, HttpClient
-from bridge.model import to_json_value
+from bridge.model import Attitude, StakeholderRole, to_json_value
 from bridge.secrets import Secret, register_secret
 from connectors.base import (
     AuthError,
@@ -99,12 +117,13 @@ _ALWAYS = ("Id", "IsDeleted", "SystemModstamp", "LastModifiedDate", "LastModifie
 # Children are read in creation order (the order the bridge writes a list in), without the
 # recycle bin (pulls are queryAll).
 _ROLE_COLUMNS = "Id, Role, IsPrimary, ContactId, Contact.Name, Contact.Title, Contact.Email"
+ROLE_OBJECT = "OpportunityContactRole"
 _TASK_COLUMNS = (
     "Id, Subject, Status, IsClosed, ActivityDate, CompletedDateTime, LastModifiedDate, "
     "Description, OwnerId, Owner.Name, Owner.Email"
 )
 _CHILD_ORDER = "WHERE IsDeleted = false ORDER BY CreatedDate, Id"
-_ROLE_QUERY = f"(SELECT {_ROLE_COLUMNS} FROM {{rel}} {_CHILD_ORDER})"  # noqa: S608
+_ROLE_QUERY = f"(SELECT {{columns}} FROM {ROLES} {_CHILD_ORDER})"  # noqa: S608
 _TASK_QUERY = f"(SELECT {_TASK_COLUMNS} FROM Tasks {_CHILD_ORDER})"  # noqa: S608
 # The last line of a Task's Description written by the bridge: what Salesforce cannot hold
 # (an action's time and author, a next step's owner who is no Salesforce user), and the OwnerId
@@ -130,8 +149,10 @@ DEFAULT_ROLES = {
     "Technical Buyer": "technical_buyer",
     "Evaluator": "influencer",
     "Business User": "user",
+    "Blocker": "blocker",  # no standard value: add it to the org's Role picklist
     "Other": "other",
 }
+_SETUP = "Setup > Object Manager > Opportunity Contact Role > Fields & Relationships"
 _HISTORY_FIELDS = ("StageName", "Amount", "CloseDate", "Probability")
 
 
@@ -166,8 +187,26 @@ class SalesforceConfig(ConnectorConfig):
     )
     contact_roles: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_ROLES),
-        description="OpportunityContactRole.Role -> stakeholder role",
+        description="OpportunityContactRole.Role value -> stakeholder role; every role needs a "
+        "value in the org's picklist (the first row of a role is the one written); {} to keep "
+        "roles out of Salesforce",
     )
+    attitude_field: str = Field(
+        "Attitude__c",
+        description="picklist field on OpportunityContactRole holding a stakeholder's attitude "
+        '(values Supportive, Neutral, Opposed, Unknown); "" to keep attitudes out of Salesforce',
+    )
+
+    @field_validator("contact_roles")
+    @classmethod
+    def _roles(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(set(v.values()) - set(StakeholderRole))
+        if bad:
+            raise ValueError(
+                f"{', '.join(map(repr, bad))}: not a stakeholder role (one of "
+                f"{', '.join(StakeholderRole)})"
+            )
+        return v
 
     @field_validator("overlap", mode="before")
     @classmethod
@@ -244,6 +283,154 @@ class _PlainHttp(HTTPAdapter):
         return super().send(request, *args, **kwargs)
 
 
+_ROLE_VALUES = tuple(StakeholderRole)
+_ATTITUDE_VALUES = tuple(Attitude)
+
+
+def _words(label: Any) -> str:
+    """A picklist value or label as a canonical value: "Economic buyer" -> "economic_buyer"."""
+    return re.sub(r"[\s_-]+", "_", str(label or "").strip().casefold())
+
+
+def _label(value: str) -> str:
+    """A canonical value as a picklist value to add: "technical_buyer" -> "Technical Buyer"."""
+    return value.replace("_", " ").title()
+
+
+@dataclass(frozen=True)
+class _RoleFields:
+    """What an org's OpportunityContactRole can hold, from its describe.
+
+    ``roles``: the Role value written for each stakeholder role (None: left empty, read as
+    "other"); empty when ``contact_roles`` is ``{}`` (roles are then never written).
+    ``attitude_field``: the attitude picklist's API name (None: attitudes are not kept), and
+    ``attitudes`` the value written for each attitude. ``problems`` say what the org lacks.
+    """
+
+    read_roles: Mapping[str, str] = dataclass_field(default_factory=dict)
+    roles: Mapping[str, str | None] = dataclass_field(default_factory=dict)
+    attitude_field: str | None = None
+    read_attitudes: Mapping[str, str] = dataclass_field(default_factory=dict)
+    attitudes: Mapping[str, str | None] = dataclass_field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    @classmethod
+    def resolve(cls, config: SalesforceConfig, fields: Iterable[Mapping[str, Any]]) -> _RoleFields:
+        by_name = {str(f.get("name", "")).casefold(): f for f in fields}
+        problems: list[str] = []
+        read_roles: dict[str, str] = {}
+        for value, role in config.contact_roles.items():
+            read_roles.setdefault(value.casefold(), role)
+        roles: dict[str, str | None] = {}
+        if config.contact_roles:
+            active = {
+                str(p["value"]).casefold(): str(p["value"])
+                for p in (by_name.get("role") or {}).get("picklistValues") or ()
+                if p.get("active", True)
+            }
+            for role in _ROLE_VALUES:
+                names = [n for n, r in config.contact_roles.items() if r == role]
+                roles[role] = next(
+                    (active[n.casefold()] for n in names if n.casefold() in active), None
+                )
+            lacking = [r for r in _ROLE_VALUES if roles[r] is None and r != StakeholderRole.other]
+            if lacking:
+                values = ", ".join(f'"{_label(r)}"' for r in lacking)
+                rows = ", ".join(f'"{_label(r)}" = "{r}"' for r in lacking)
+                problems.append(
+                    f"{ROLE_OBJECT}.Role has no picklist value that contact_roles maps to "
+                    f"{', '.join(lacking)}: add {values} to the Role picklist ({_SETUP} > Role > "
+                    f"Values > New) and, unless contact_roles already names them, the rows "
+                    f"{rows} to contact_roles; or set contact_roles = {{}} to keep roles out "
+                    "of Salesforce"
+                )
+        attitude_field: str | None = None
+        read_attitudes: dict[str, str] = {}
+        attitudes: dict[str, str | None] = {}
+        name = config.attitude_field
+        if name:
+            f = by_name.get(name.casefold()) or next(
+                (
+                    f
+                    for f in by_name.values()
+                    if str(f.get("label", "")).casefold() == name.casefold()
+                ),
+                None,
+            )
+            fix = (
+                f'create a picklist field "Attitude" (API name Attitude__c) on Opportunity '
+                f"Contact Role with the values Supportive, Neutral, Opposed and Unknown "
+                f"({_SETUP} > New), editable by the integration user, and set attitude_field to "
+                'its API name; or set attitude_field = "" to keep attitudes out of Salesforce'
+            )
+            if f is None:
+                problems.append(f"{ROLE_OBJECT} has no field {name!r} (attitude_field): {fix}")
+            elif f.get("type") != "picklist":
+                problems.append(
+                    f"{ROLE_OBJECT}.{f['name']} (attitude_field) is a {f.get('type')} field, not "
+                    f"a picklist: {fix}"
+                )
+            elif not (f.get("createable") and f.get("updateable")):
+                problems.append(
+                    f"{ROLE_OBJECT}.{f['name']} (attitude_field) is read-only for the "
+                    "integration user: give its profile or permission set edit access to the "
+                    "field (field-level security)"
+                )
+            else:
+                attitude_field = str(f["name"])
+                for p in f.get("picklistValues") or ():
+                    value = str(p["value"])
+                    for text in (value, p.get("label")):
+                        if _words(text) in _ATTITUDE_VALUES:
+                            read_attitudes.setdefault(value, _words(text))
+                            if p.get("active", True):
+                                attitudes.setdefault(_words(text), value)
+                            break
+                missing = [a for a in _ATTITUDE_VALUES if a not in attitudes and a != "unknown"]
+                attitudes.setdefault(Attitude.unknown, None)
+                if missing:
+                    values = ", ".join(f'"{_label(a)}"' for a in missing)
+                    problems.append(
+                        f"{ROLE_OBJECT}.{attitude_field} (attitude_field) has no picklist value "
+                        f"for {', '.join(missing)}: add {values} to it ({_SETUP} > "
+                        f"{f.get('label') or attitude_field} > Values > New)"
+                    )
+        return cls(read_roles, roles, attitude_field, read_attitudes, attitudes, tuple(problems))
+
+    @property
+    def columns(self) -> str:
+        """The OpportunityContactRole fields a stakeholder is read from."""
+        return _ROLE_COLUMNS + (f", {self.attitude_field}" if self.attitude_field else "")
+
+    def role_of(self, value: Any) -> str:
+        return self.read_roles.get(str(value or "").casefold(), StakeholderRole.other.value)
+
+    def attitude_of(self, row: Mapping[str, Any]) -> str:
+        if self.attitude_field is None:
+            return Attitude.unknown.value
+        value = row.get(self.attitude_field)
+        found = self.read_attitudes.get(str(value)) if value else None
+        if found is None and _words(value) in _ATTITUDE_VALUES:
+            found = _words(value)
+        return found or Attitude.unknown.value
+
+    def body(self, wanted: Mapping[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The fields to write for the stakeholder ``wanted``: every kept one (``current``
+        None: a new contact role; empty ones left out), else those that read differently."""
+        out: dict[str, Any] = {}
+        keys = (("role", "Role", self.roles), ("attitude", self.attitude_field, self.attitudes))
+        for key, api_name, values in keys:
+            if api_name is None or not values:
+                continue
+            value = values.get(str(wanted[key]))
+            if current is None:
+                if value is not None:
+                    out[api_name] = value
+            elif current[key] != wanted[key]:
+                out[api_name] = value
+        return out
+
+
 class SalesforceConnector(Connector[SalesforceConfig]):
     """Opportunities of one org. ``sleep`` is the HTTP client's (tests pass a fake)."""
 
@@ -261,6 +448,7 @@ class SalesforceConnector(Connector[SalesforceConfig]):
         self._columns: tuple[str, ...] | None = tuple(config.fields) if config.fields else None
         self._users: dict[str, RemoteUser] | None = None
         self._accounts: dict[str, str] = {}
+        self._role_fields_found: _RoleFields | None = None
 
     # ------------------------------------------------------------------ session
 
@@ -363,7 +551,14 @@ class SalesforceConnector(Connector[SalesforceConfig]):
         who = self.config.username or "an access token"
         rights = "/".join(can) or "read-only"
         version = self.config.api_version
-        return f"Salesforce {self._instance_url} as {who}: {SOBJECT} {rights} (API v{version})"
+        note = ""
+        if self._columns is None or ROLES in self._columns:
+            found = self._role_fields(refresh=True)
+            if found.problems:
+                note = f"; {self._role_error(found.problems)}"
+        return (
+            f"Salesforce {self._instance_url} as {who}: {SOBJECT} {rights} (API v{version})" + note
+        )
 
     def discover(self) -> Schema:
         """Opportunity fields by API name and label, the stage picklist and the active users."""
@@ -389,6 +584,7 @@ class SalesforceConnector(Connector[SalesforceConfig]):
             )
         for key, (label, ftype, writable) in _VIRTUAL.items():
             found.append(RemoteField(key, label, ftype, writable=writable))
+        self._role_fields(refresh=True)  # read now: pulls then cost no request more
         users = self._user_index(refresh=True)
         unique = {u.id: u for u in users.values()}
         return Schema(fields=tuple(found), users=tuple(unique.values()), stages=stages)
@@ -679,6 +875,8 @@ class SalesforceConnector(Connector[SalesforceConfig]):
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(Opportunity fields, child lists checked and in canonical form)."""
         plain = {k: v for k, v in fields.items() if k not in _CHILDREN}
+        if ROLES in fields:
+            self._roles_in_use()  # fail before writing what could not round-trip
         children: dict[str, Any] = {}
         for key, path in (
             (ROLES, "stakeholders"),
@@ -743,8 +941,10 @@ class SalesforceConnector(Connector[SalesforceConfig]):
 
     def _write_roles(self, rid: str, wanted: list[dict[str, Any]]) -> None:
         """Contact roles in the order of ``wanted``: contacts found by e-mail (else by name) or
-        created; roles added, changed, or removed (the Contact itself is never deleted)."""
-        rows = self._children(rid, "OpportunityContactRole", _ROLE_COLUMNS, "OpportunityId")
+        created; roles added, changed, or removed (the Contact itself is never deleted). A
+        role's Role and attitude field are written only where they differ."""
+        held = self._roles_in_use()
+        rows = self._children(rid, ROLE_OBJECT, held.columns, "OpportunityId")
         known: dict[str, dict[str, Any]] = {}
         for r in rows:
             contact = dict(r.get("Contact") or {})
@@ -755,27 +955,45 @@ class SalesforceConnector(Connector[SalesforceConfig]):
         current = [(r["ContactId"], r["Id"], r) for r in rows]
         keep, gone, new = _reconcile(current, targets)
         for role_id in gone:
-            self._delete("OpportunityContactRole", role_id, ref=rid)
+            self._delete(ROLE_OBJECT, role_id, ref=rid)
         for role_id, row, w in keep:
-            if self._stakeholder(row)["role"] != w["role"]:
-                self._save(
-                    "OpportunityContactRole", role_id, {"Role": self._role_name(w["role"])}, ref=rid
-                )
+            changes = held.body(w, self._stakeholder(row))
+            if changes:
+                self._save(ROLE_OBJECT, role_id, changes, ref=rid)
         for contact_id, w in new:
-            body = {
-                "OpportunityId": rid,
-                "ContactId": contact_id,
-                "Role": self._role_name(w["role"]),
-            }
-            self._save("OpportunityContactRole", None, body, ref=rid)
+            body = {"OpportunityId": rid, "ContactId": contact_id, **held.body(w, None)}
+            self._save(ROLE_OBJECT, None, body, ref=rid)
 
-    def _role_name(self, role: str) -> str | None:
-        """The Salesforce role read back as ``role`` (else the one read as "other")."""
-        for want in (role, "other"):
-            for name, canonical in self.config.contact_roles.items():
-                if canonical == want:
-                    return name
-        return None
+    def _role_fields(self, *, refresh: bool = False) -> _RoleFields:
+        """What OpportunityContactRole can hold (its describe, read once and by discover())."""
+        if self._role_fields_found is None or refresh:
+            try:
+                describe = self._call(lambda sf: sf.restful(f"sobjects/{ROLE_OBJECT}/describe"))
+            except (FatalError, AuthError) as exc:
+                if exc.status not in (403, 404):
+                    raise
+                problem = (
+                    f"{ROLE_OBJECT} cannot be described ({exc}): give the integration user "
+                    "access to opportunity contact roles, or map no stakeholders"
+                )
+                self._role_fields_found = _RoleFields(problems=(problem,))
+            else:
+                fields = (describe or {}).get("fields", ())
+                self._role_fields_found = _RoleFields.resolve(self.config, fields)
+        return self._role_fields_found
+
+    def _roles_in_use(self) -> _RoleFields:
+        """The role fields; FatalError when the org cannot hold every role and attitude."""
+        found = self._role_fields()
+        if found.problems:
+            raise FatalError(self._role_error(found.problems), connector=self.name)
+        return found
+
+    def _role_error(self, problems: Iterable[str]) -> str:
+        return (
+            f"{self.name}: {'; '.join(problems)} (else a round trip through Salesforce would "
+            'turn those roles into "other" and attitudes into "unknown")'
+        )
 
     def _contact_for(
         self,
@@ -883,11 +1101,13 @@ class SalesforceConnector(Connector[SalesforceConfig]):
 
     def _stakeholder(self, row: Mapping[str, Any]) -> dict[str, Any]:
         contact = row.get("Contact") or {}
+        held = self._roles_in_use()
         return {
             "name": contact.get("Name") or "(unknown contact)",
             "title": contact.get("Title"),
             "email": contact.get("Email"),
-            "role": self.config.contact_roles.get(row.get("Role") or "", "other"),
+            "role": held.role_of(row.get("Role")),
+            "attitude": held.attitude_of(row),
         }
 
     # ------------------------------------------------------------------ helpers
@@ -904,7 +1124,7 @@ class SalesforceConnector(Connector[SalesforceConfig]):
                     dict.fromkeys(("OwnerId", "Owner.Name", "Owner.Email", "Owner.Username"))
                 )
             elif col == ROLES:
-                out[_ROLE_QUERY.format(rel=ROLES)] = None
+                out[_ROLE_QUERY.format(columns=self._roles_in_use().columns)] = None
             elif col in (DONE_TASKS, OPEN_TASKS):
                 out[_TASK_QUERY] = None
             else:
