@@ -721,3 +721,38 @@ def test_projects_built_without_pydantic_equal_pydantic_form(db_url: str) -> Non
             assert project == SalesProject.model_validate(project).to_json()
     finally:
         bridge.close()
+
+
+# --------------------------------------------------------------------------- collector
+
+
+def test_a_run_raises_the_young_gc_threshold_and_restores_it(bridge: Bridge) -> None:
+    """During a run the young threshold is raised (fewer full collections of the whole heap);
+    afterwards, and after a run that fails, the process's own thresholds are back."""
+    import gc
+
+    from bridge.sync import engine as engine_module
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, ...]] = []
+    bridge.add("crm", name="Deal")
+    bridge.engine.run(progress=lambda *_: seen.append(gc.get_threshold()))
+    assert seen and all(t[0] == engine_module.GC_YOUNG_THRESHOLD for t in seen), seen
+    assert all(t[1:] == before[1:] for t in seen)
+    assert gc.get_threshold() == before
+
+    def boom(*_: Any) -> None:
+        raise RuntimeError("boom")
+
+    bridge.add("crm", name="Another")
+    with pytest.raises(RuntimeError):
+        bridge.engine.run(progress=boom)
+    assert gc.get_threshold() == before
+
+    gc.set_threshold(0, *before[1:])  # a process that switched the collector off keeps it off
+    try:
+        bridge.edit("crm", bridge.add("crm", name="Third"), priority="high")
+        bridge.engine.run(progress=lambda *_: seen.append(gc.get_threshold()))
+        assert seen[-1][0] == 0
+    finally:
+        gc.set_threshold(*before)

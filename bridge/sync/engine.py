@@ -18,11 +18,13 @@ The engine knows no tool: connectors and mapping specs are handed to it.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +55,46 @@ Progress = Callable[[str, str, int], None]
 """progress(connector, phase, count): called as pages and pushes complete."""
 
 _DONE = object()
+
+GC_YOUNG_THRESHOLD = 20_000
+"""The collector's young-generation threshold while a run is in progress (CPython's default
+is 700); see :func:`_fewer_collections`."""
+
+_gc_lock = threading.Lock()
+_gc_runs = 0
+_gc_saved: tuple[int, ...] | None = None
+
+
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Raise the cyclic collector's young threshold for the duration of a run.
+
+    A page's objects (hundreds of projects' JSON, steps, rows) live while the page is planned
+    and written, i.e. across many young collections, so they are promoted; with CPython's
+    default thresholds that schedules a *full* collection every few pages, and a full
+    collection walks the whole process heap, not just the page. Measured on the engine
+    benchmark (10,000 records) that was about a quarter of a sync's time. With a larger young
+    threshold the young generation holds a page's worth, and full collections become rare.
+    Nothing is switched off: the collector still runs, only less often, and the previous
+    thresholds come back when the last concurrent run ends. A process that disabled the
+    collector (threshold 0) or set a larger one is left alone.
+    """
+    global _gc_runs, _gc_saved
+    with _gc_lock:
+        if _gc_runs == 0:
+            current = gc.get_threshold()
+            if 0 < current[0] < GC_YOUNG_THRESHOLD:
+                _gc_saved = current
+                gc.set_threshold(GC_YOUNG_THRESHOLD, *current[1:])
+        _gc_runs += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_runs -= 1
+            if _gc_runs == 0 and _gc_saved is not None:
+                gc.set_threshold(*_gc_saved)
+                _gc_saved = None
 
 
 @dataclass
@@ -173,8 +215,9 @@ class SyncEngine:
         run_ids = {} if dry_run else {n: self.store.start_run(n) for n in report.connectors}
         ctx.run_ids = run_ids
         try:
-            ctx.pull_all(names)
-            ctx.push_all(targets)
+            with _fewer_collections():
+                ctx.pull_all(names)
+                ctx.push_all(targets)
         except BaseException as exc:  # the run dies: its history must not say "ok"
             for r in report.connectors.values():
                 if r.status == "ok":
