@@ -180,6 +180,9 @@ def documented_shape_problems(exchange: Exchange) -> list[str]:
             for r in body
         )  # fmt: skip
         return [] if ok else [f"{where}: not a list of SaveResults: {body}"]
+    if exchange.method == "POST" and path.startswith("/sobjects/"):  # create, beyond the subset
+        ok = {"id", "success", "errors"} <= set(body) and body["success"] is True
+        return [] if ok else [f"{where}: not a SaveResult: {body}"]
     if exchange.method == "PATCH" and path.startswith("/sobjects/"):  # upsert by external id
         ok = {"id", "success", "errors", "created"} <= set(body)
         return [] if ok else [f"{where}: not an upsert result: {body}"]
@@ -220,6 +223,13 @@ def test_every_response_matches_the_spec_or_the_documented_shape(
         made = crm.create(opportunity(), stamp=new_stamp())
         crm.update(made.ref, {"StageName": "Qualification"}, expected_version=made.version)
         crm.update_many({made.ref: {"Amount": 10.0}, "006999999999999AAA": {"Amount": 1.0}})
+        # Stakeholders: a Contact and an OpportunityContactRole created, then the role's Role
+        # and Attitude__c changed.
+        person = {"name": "Mei Chen", "title": "CFO", "role": "blocker",
+                  "attitude": "supportive", "email": "mei@globex.example"}  # fmt: skip
+        for change in ({}, {"role": "champion", "attitude": "opposed"}):
+            people = spec.to_remote({"stakeholders": [{**person, **change}]})
+            crm.update(made.ref, people, expected_version=None)
         crm.history(made.ref)
         assert crm.get("006999999999999AAA") is None
     sf = client(emu, org.issue_token(SYNC_USER))
@@ -249,6 +259,10 @@ def test_every_response_matches_the_spec_or_the_documented_shape(
     assert {e.status for e in exchanges} >= {200, 201, 204, 400, 401, 404, 503}
     checked = [e for e in exchanges if in_spec(e)]
     assert len(checked) >= 12
+    ocr = f"{DATA}/sobjects/OpportunityContactRole"
+    assert {(e.method, e.path[: len(ocr)]) for e in exchanges} >= {
+        ("GET", ocr), ("POST", ocr), ("PATCH", ocr),
+    }  # fmt: skip
     found = [p for e in checked for p in spec_problems(sobjects_spec, e)]
     found += [p for e in exchanges if not in_spec(e) for p in documented_shape_problems(e)]
     assert not found, "\n".join(found)
@@ -490,3 +504,52 @@ def test_field_and_relationship_lookups_ignore_case() -> None:
     assert obj.field("stagename") is obj.field("StageName") is not None
     assert obj.relationship("ACCOUNT") is obj.field("AccountId")
     assert obj.field("nope") is None and obj.relationship("nope") is None
+
+
+def test_contact_roles_hold_an_attitude_and_admins_change_the_schema() -> None:
+    """OpportunityContactRole as an org set up for salesbridge has it: the custom picklist
+    Attitude__c and a "Blocker" Role value, in the describe, in SOQL and on writes. An admin
+    deleting the field or changing a picklist changes all three."""
+    from connectors.salesforce.emulator import SalesforceApiError
+
+    org = make_org()
+    ocr = org.schema["OpportunityContactRole"]
+    attitude, role = ocr.field("attitude__c"), ocr.field("Role")
+    assert attitude is not None and role is not None
+    described = attitude.describe()
+    assert (described["type"], described["custom"], described["label"]) == (
+        "picklist", True, "Attitude",
+    )  # fmt: skip
+    assert [v["value"] for v in described["picklistValues"]] == [
+        "Supportive", "Neutral", "Opposed", "Unknown",
+    ]  # fmt: skip
+    assert "Blocker" in [v["value"] for v in role.describe()["picklistValues"]]
+
+    opp = org.insert("Opportunity", opportunity())
+    contact = org.insert("Contact", {"LastName": "Chen"})
+    rid = org.insert("OpportunityContactRole", {
+        "OpportunityId": opp, "ContactId": contact, "Role": "Blocker", "attitude__c": "Neutral",
+    })  # fmt: skip
+    org.update("OpportunityContactRole", rid, {"Attitude__c": "Opposed"})
+    (row,) = org.query(
+        "SELECT Id, (SELECT Role, ATTITUDE__C FROM OpportunityContactRoles) FROM Opportunity"
+    )
+    assert row["OpportunityContactRoles"]["records"][0] | {"attributes": None} == {
+        "attributes": None, "Role": "Blocker", "Attitude__c": "Opposed",
+    }  # fmt: skip
+
+    org.set_picklist("OpportunityContactRole", "Role", ["Decision Maker", "Other"])
+    values = org.schema["OpportunityContactRole"].field("Role")
+    assert values is not None and values.picklist == ("Decision Maker", "Other")
+    org.delete_field("OpportunityContactRole", "Attitude__c")
+    assert org.schema["OpportunityContactRole"].field("Attitude__c") is None
+    assert "Attitude__c" not in org.records["OpportunityContactRole"][rid]
+    for bad in (
+        lambda: org.query("SELECT Attitude__c FROM OpportunityContactRole"),
+        lambda: org.update("OpportunityContactRole", rid, {"Attitude__c": "Neutral"}),
+    ):
+        with pytest.raises(SalesforceApiError) as err:
+            bad()
+        assert err.value.code == "INVALID_FIELD"
+    with pytest.raises(ValueError, match="no custom field"):
+        org.delete_field("OpportunityContactRole", "Role")
