@@ -1287,7 +1287,12 @@ def _pull(
 
     def pull(fields: Mapping[str, Any]) -> Any:
         raw = fields.get(rid)
-        value = None if _is_empty(raw) else conv(raw)
+        if raw is None:
+            value = None
+        elif type(raw) is str:  # the common case, without _is_empty's call
+            value = conv(raw) if raw.strip() else None
+        else:
+            value = None if _is_empty(raw) else conv(raw)
         if value is None:
             if empty is _REQUIRED:
                 raise _Unmappable(

@@ -1473,20 +1473,22 @@ class Store:
         dt = self._dt
         when: dict[datetime, Any] = {}  # a step's events mostly share one time
         out = []
+        append = out.append
+        enc = _json_value
         for pid, at, actor, source, path, old, new, meaningful, run_id in rows:
             stamp = when.get(at)
             if stamp is None:
                 stamp = when[at] = dt(at)
-            out.append(
+            append(
                 (
                     pid,
                     stamp,
                     actor,
                     source,
                     path,
-                    _json_value(old),
-                    _json_value(new),
-                    bool(meaningful),
+                    "null" if old is None else enc(old),  # a created project's every event
+                    "null" if new is None else enc(new),
+                    meaningful is True or bool(meaningful),
                     run_id,
                 )
             )

@@ -19,6 +19,7 @@ The engine knows no tool: connectors and mapping specs are handed to it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import queue
@@ -1355,16 +1356,29 @@ def _fast_form(
     for key in _ENGINE_TIMES:
         value = out[key]
         if isinstance(value, str):
-            when = datetime.fromisoformat(value)
-            if when.tzinfo is None:
+            text = _utc_text(value)
+            if text is None:
                 return None
-            out[key] = when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            out[key] = text
         elif value is not None:
             return None
     by = out["last_meaningful_update_by"]
     if not (by is None or isinstance(by, str)) or not isinstance(out["name"], str):
         return None
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_text(value: str) -> str | None:
+    """An ISO datetime as pydantic writes a UTC one (``...Z``), None if it is naive.
+
+    Cached: a run writes the same few times (its signpost, the records' modification times,
+    a stored project's own) into every project it builds; ValueError propagates as before.
+    """
+    when = datetime.fromisoformat(value)
+    if when.tzinfo is None:
+        return None
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _values(project: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
