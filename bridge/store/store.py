@@ -1472,7 +1472,7 @@ class Store:
         such as a sync of a page uses, without building an :class:`Event` per row."""
         dt = self._dt
         when: dict[datetime, Any] = {}  # a step's events mostly share one time
-        out = []
+        out: list[tuple[Any, ...]] = []
         append = out.append
         enc = _json_value
         for pid, at, actor, source, path, old, new, meaningful, run_id in rows:
