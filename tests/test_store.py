@@ -539,6 +539,16 @@ def test_cursors(store: Store) -> None:
     assert store.get_cursor("jira").get() == "2026-03-01T09:00:00Z"
 
 
+def test_cursors_of_several_connectors_in_one_read(store: Store) -> None:
+    store.save_cursor("jira", Cursor({"": "2026-03-01T09:00:00Z"}))
+    store.save_cursor("trello", Cursor({"board-a": "5", "board-b": "7"}))
+    got = store.get_cursors(["trello", "jira", "asana", "jira"])
+    assert list(got) == ["trello", "jira", "asana"]
+    assert got == {n: store.get_cursor(n) for n in ("trello", "jira", "asana")}
+    assert got["asana"].empty
+    assert store.get_cursors([]) == {}
+
+
 # --------------------------------------------------------------------------- events
 
 

@@ -756,3 +756,55 @@ def test_a_run_raises_the_young_gc_threshold_and_restores_it(bridge: Bridge) -> 
         assert seen[-1][0] == 0
     finally:
         gc.set_threshold(*before)
+
+
+# --------------------------------------------------------------------------- fixed costs
+
+
+class WriteCounter:
+    """Counts the store's write transactions (``BEGIN IMMEDIATE`` on SQLite)."""
+
+    def __init__(self, store: Store) -> None:
+        self.engine = store._engine
+        self.count = 0
+
+    def _on(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("BEGIN IMMEDIATE"):
+            self.count += 1
+
+    def __enter__(self) -> WriteCounter:
+        sa_event.listen(self.engine, "before_cursor_execute", self._on)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        sa_event.remove(self.engine, "before_cursor_execute", self._on)
+
+
+def test_an_idle_cycle_writes_only_its_run_rows(bridge: Bridge) -> None:
+    """With nothing new, a cycle over two tools commits twice (every run row started in one
+    transaction, finished in another): an unchanged cursor is not written again. A change
+    still commits with its cursor, and the cursor then stored is the page's."""
+    for i in range(3):
+        bridge.add("crm", name=f"Deal {i}")
+    assert bridge.sync().ok
+    assert bridge.sync().ok  # reads back the board's creates
+    cursors = bridge.store.get_cursors(["crm", "board"])
+    with WriteCounter(bridge.store) as writes:
+        report = bridge.sync()
+    assert report.ok and report.plan.rows() == []
+    assert writes.count == 2, writes.count
+    assert bridge.store.get_cursors(["crm", "board", "none"]) == {
+        **cursors,
+        "none": bridge.store.get_cursor("none"),
+    }
+    runs = bridge.store.runs(limit=2)
+    assert {r.connector for r in runs} == {"crm", "board"}
+    assert all(r.status == "ok" and r.finished_at is not None for r in runs)
+
+    bridge.edit("crm", sorted(bridge.live_records("crm"))[0], priority="critical")
+    with WriteCounter(bridge.store) as writes:
+        report = bridge.sync()
+    assert report.ok and report.connectors["crm"].counts["updated"] == 1
+    assert writes.count > 2
+    assert bridge.store.get_cursor("crm") != cursors["crm"]
+    assert bridge.engine.run(dry_run=True).plan.rows() == []

@@ -1430,6 +1430,22 @@ class Store:
         with self._use() as conn:
             return Cursor({row.partition: row.position for row in conn.execute(q)})
 
+    def get_cursors(self, connectors: Iterable[str]) -> dict[str, Cursor]:
+        """:meth:`get_cursor` of several connectors in one query (an empty cursor for those
+        never saved)."""
+        names = list(dict.fromkeys(connectors))
+        positions: dict[str, dict[str, str]] = {n: {} for n in names}
+        if not names:
+            return {}
+        c = t.cursors
+        q = sa.select(c.c.connector, c.c.partition, c.c.position).where(
+            self._in(c.c.connector, names)
+        )
+        with self._use() as conn:
+            for row in conn.execute(q):
+                positions[row.connector][row.partition] = row.position
+        return {n: Cursor(p) for n, p in positions.items()}
+
     def save_cursor(self, connector: str, cursor: Cursor, *, at: datetime | None = None) -> None:
         """Store ``cursor`` as the connector's whole cursor (partitions it lacks are dropped)."""
         c = t.cursors

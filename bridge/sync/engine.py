@@ -213,7 +213,10 @@ class SyncEngine:
         ctx.should_stop = should_stop or (lambda: False)
         for n in dict.fromkeys([*names, *targets]):
             report.connectors[n] = ConnectorReport()
-        run_ids = {} if dry_run else {n: self.store.start_run(n) for n in report.connectors}
+        run_ids: dict[str, int] = {}
+        if not dry_run:  # one transaction for every connector's run row
+            with self.store.transaction():
+                run_ids = {n: self.store.start_run(n) for n in report.connectors}
         ctx.run_ids = run_ids
         try:
             with _fewer_collections():
@@ -225,10 +228,11 @@ class SyncEngine:
                     r.status, r.error = "failed", f"interrupted: {type(exc).__name__}: {exc}"
             raise
         finally:
-            if not dry_run:
-                for n, rid in run_ids.items():
-                    r = report.connectors[n]
-                    self.store.finish_run(rid, r.status, dict(r.counts), r.error)  # type: ignore[arg-type]
+            if run_ids:  # one transaction for all: each costs a commit, serialised
+                with self.store.transaction():
+                    for n, rid in run_ids.items():
+                        r = report.connectors[n]
+                        self.store.finish_run(rid, r.status, dict(r.counts), r.error)  # type: ignore[arg-type]
         return report
 
     def resolve_conflict(
@@ -293,6 +297,9 @@ class _RunContext:
         # A cursor past a vanished record is saved only once that record is unlinked: a
         # breaker trip or a crash before then must see the record vanish again next run.
         self.held_cursor: dict[str, Cursor] = {}
+        # The cursor the store holds for each connector, as read or last saved by this run: a
+        # page with nothing to write and this very cursor needs no transaction.
+        self.stored_cursor: dict[str, Cursor] = {}
         self.should_stop: Callable[[], bool] = lambda: False
         self.page: _PageReads | None = None
 
@@ -384,7 +391,8 @@ class _RunContext:
 
     def pull_all(self, names: list[str]) -> None:
         pages: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2 * max(1, len(names)))
-        cursors = {n: self.store.get_cursor(n) for n in names}
+        cursors = self.store.get_cursors(names)
+        self.stored_cursor.update(cursors)
 
         stop = threading.Event()
 
@@ -754,14 +762,21 @@ class _RunContext:
                 self._overlay_step(name, s)
             return
         rid = self.run_ids.get(name)
+        cursor = None if hold else page.cursor
+        if cursor is not None and cursor == self.stored_cursor.get(name):
+            cursor = None  # already stored (an idle pull's one page): not written again
+        if not steps and cursor is None:
+            return  # nothing to commit
         with self.store.transaction():
             if reads is not None and self._batchable(steps):
                 self._store_steps(name, steps, rid, reads)
             else:
                 for s in steps:
                     self._store_step(name, s, rid)
-            if page.cursor is not None and not hold:
-                self.store.save_cursor(name, page.cursor)
+            if cursor is not None:
+                self.store.save_cursor(name, cursor)
+        if cursor is not None:
+            self.stored_cursor[name] = cursor
 
     @staticmethod
     def _batchable(steps: list[Step]) -> bool:
@@ -1009,8 +1024,9 @@ class _RunContext:
 
     def _release_cursor(self, name: str) -> None:
         held = self.held_cursor.pop(name, None)
-        if held is not None and not self.dry_run:
+        if held is not None and not self.dry_run and held != self.stored_cursor.get(name):
             self.store.save_cursor(name, held)
+            self.stored_cursor[name] = held
 
     # ------------------------------------------------------------------ push
 
