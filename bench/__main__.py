@@ -1,7 +1,7 @@
 """Run every benchmark and write BENCHMARKS.md.
 
-    .venv/bin/python -m bench            # the sizes of issue #12 (about 6-8 min on 2 cores)
-    .venv/bin/python -m bench --quick    # smaller sizes (about 2 min)
+    .venv/bin/python -m bench            # the sizes of issue #12 (about 6 min on 2 cores)
+    .venv/bin/python -m bench --quick    # smaller sizes (about 1 min)
     .venv/bin/python -m bench --only requests rules --out /tmp/b.md
 
 Timings are printed and written, never asserted; request counts are exact (and are unit tests
@@ -51,7 +51,7 @@ PG_URL = os.environ.get(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Run the benchmarks and write BENCHMARKS.md.")
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (about 2 min)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (about 1 min)")
     ap.add_argument("--only", nargs="+", choices=ALL, default=list(ALL))
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     ap.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL figures")
