@@ -14,7 +14,10 @@ Behaviour worth knowing, because real Jira does it too: datetimes are written
 ``=`` is refused on text fields (use ``~``); ``!=`` and ``NOT IN`` never match an empty field;
 Cloud refuses unbounded searches; every write stamps ``updated`` from the server clock and
 appends a changelog entry (a comment bumps ``updated`` without one); transitions follow the
-project's workflow, and a required field on a transition screen must be filled.
+project's workflow, and a required field on a transition screen must be filled. A change of a
+sub-task stamps the sub-task's ``updated``, never its parent's; ``issuetype in
+subTaskIssueTypes()`` / ``standardIssueTypes()`` select by kind of issue type (the first is an
+error while the site has no sub-task type, as where sub-tasks are disabled).
 
 The state lives in memory and is driven two ways: over HTTP by the connector or the ``jira``
 package, and through the Python API (``add_issue``, ``edit_issue``, ``transition``) for the
@@ -1510,6 +1513,8 @@ class JiraEmulator(Emulator):
         query = parse_jql(jql)
         with self._lock:
             ctx = _Context(self, user)
+            if query.where is not None:
+                ctx.check_functions(query.where)
             hits = [
                 i for i in self._issues.values() if query.where is None or query.where.eval(i, ctx)
             ]
@@ -2491,6 +2496,10 @@ def parse_jql(text: str) -> Jql:
         return _Value(t.text)
 
     def values() -> tuple[_Value, ...]:
+        """``(a, b, ...)``, or a function that returns a list: ``subTaskIssueTypes()``."""
+        f = peek()
+        if f is not None and f.kind == "word" and pos + 1 < len(toks) and toks[pos + 1].text == "(":
+            return (value(),)
         t = take()
         if t.text != "(":
             raise fail(t, "'('")
@@ -2526,6 +2535,10 @@ def parse_jql(text: str) -> Jql:
     return Jql(where, order)
 
 
+_ISSUE_TYPE_FUNCTIONS = {
+    "subtaskissuetypes": "subTaskIssueTypes",
+    "standardissuetypes": "standardIssueTypes",
+}
 _PERIOD = re.compile(r"^([+-])?\s*((?:\d+\s*[wdhm]\s*)+)$", re.I)
 _DATE_FORMATS = ("%Y/%m/%d %H:%M", "%Y-%m-%d %H:%M", "%Y/%m/%d", "%Y-%m-%d")
 _DATE_HELP = (
@@ -2561,6 +2574,18 @@ class _Context:
         if fid in ("key", "id", "text", "statuscategory"):
             return fid
         return self.em._kind(fid)
+
+    def check_functions(self, node: _Node) -> None:
+        """Run every function of the query once: Jira validates them before searching, so an
+        invalid one is an error even where no issue would be compared."""
+        if isinstance(node, _Bool):
+            for part in node.parts:
+                self.check_functions(part)
+        elif isinstance(node, _Clause):
+            for v in node.values:
+                if v.func not in (None, "empty"):
+                    fid = self.field(node.field)
+                    self._coerce(v, fid, self.kind(fid))
 
     # -- matching
 
@@ -2658,6 +2683,8 @@ class _Context:
                 return self.user
             if v.func == "now":
                 return self.now
+            if v.func in _ISSUE_TYPE_FUNCTIONS:
+                return self._issue_type_function(v, fid)
             if v.func in ("startofday", "endofday"):
                 day = self.now.astimezone(self.zone).replace(
                     hour=0, minute=0, second=0, microsecond=0
@@ -2695,6 +2722,23 @@ class _Context:
         if kind == "id":
             return int(v.text) if v.text.isdigit() else v.text
         return v.text
+
+    def _issue_type_function(self, v: _Value, fid: str) -> frozenset[str]:
+        """``subTaskIssueTypes()`` / ``standardIssueTypes()``: the ids of the issue types that
+        are (are not) sub-task types. As in Jira, the first is refused while the site has
+        sub-tasks disabled (here: while no sub-task issue type exists)."""
+        name = _ISSUE_TYPE_FUNCTIONS[v.func or ""]
+        if fid != "issuetype":
+            field = self.em.fields.get(fid, {}).get("name", fid)
+            raise JqlError(
+                f"A value provided by the function '{name}' is invalid for the field "
+                f"'{str(field).lower()}'."
+            )
+        subtask = v.func == "subtaskissuetypes"
+        types = self.em.issue_types
+        if subtask and not any(t.get("subtask") for t in types.values()):
+            raise JqlError(f"Function '{name}' is invalid as sub-tasks are currently disabled.")
+        return frozenset(i for i, t in types.items() if bool(t.get("subtask")) == subtask)
 
     def _ids(self, kind: str, text: str) -> frozenset[str]:
         """The ids of the statuses (issue types, projects...) a JQL value names."""
