@@ -397,14 +397,15 @@ def test_tasks_written_create_sub_tasks_and_move_them(em: JiraEmulator) -> None:
     ]
     manual = em.add_issue("SALES", {"summary": "Site visit", "parent": created.ref},
                           issue_type="Sub-task")  # fmt: skip
+    wanted = {"subtasks": [{"title": "needs analysis", "done": False},  # matched by summary
+                           {"title": "Proposal", "done": False},  # unchanged: no request
+                           {"title": "Contract", "done": True}]}  # fmt: skip
+    with pytest.raises(StaleVersion):  # the version carries the sub-tasks: one was added
+        connector.update(created.ref, wanted, expected_version=created.version)
+    current = connector.get(created.ref)
+    assert current is not None and current.version != created.version
     posts = em.controls.count("POST")
-    updated = connector.update(
-        created.ref,
-        {"subtasks": [{"title": "needs analysis", "done": False},  # matched by summary
-                      {"title": "Proposal", "done": False},  # unchanged: no request
-                      {"title": "Contract", "done": True}]},
-        expected_version=created.version,
-    )  # fmt: skip
+    updated = connector.update(created.ref, wanted, expected_version=current.version)
     assert subtasks_of(em, created.ref) == [
         ("Needs analysis", "To Do"),
         ("Proposal", "To Do"),

@@ -27,6 +27,22 @@ cursor's minute). More cost ceil(W / page_size) for W of them, and that is not a
 issue edited again later in the cursor's minute, after the pull, matches the same JQL as the
 ones already read, and only reading it shows its new ``updated`` (JQL has no finer time).
 
+**Sub-tasks.** With ``subtasks_as`` a sub-task is its parent's task or deliverable, never a
+record: pulls add ``AND issuetype not in subTaskIssueTypes()`` to the JQL. Jira stamps
+``updated`` on a sub-task that changes and leaves its parent's alone, so an incremental pull
+widens its search to ``(((<jql>) AND issuetype not in subTaskIssueTypes()) OR (issuetype in
+subTaskIssueTypes() AND <project clause>)) AND updated >= ...``, where the project clause is a
+top-level ``project = X`` / ``project in (...)`` of the JQL when it has one (a sub-task lives in
+its parent's project; without one, every sub-task of the site changed in the window is read).
+A changed sub-task whose parent is not on the same page has its parent re-read, one search
+``(<jql>) AND key in (...)`` per 100 parents, which drops parents outside the JQL; the parent
+record takes the sub-task's change time and author when they are newer. A record's version is
+then ``updated#<digest of the sub-tasks as shown>``, so the engine does not drop the re-read
+parent as already seen (a stored version without ``#`` is checked against ``updated`` alone).
+The cursor's ``subtasks`` partition remembers the sub-tasks handled within the re-read window,
+so a quiet pull after a sub-task change is still one search. Not seen before the next census:
+a sub-task deleted, or moved away from a parent (its old parent).
+
 Offset paging can skip a record when another one, read earlier in the same pull, is edited and
 moves to the end of the ordering. Such a record shows up twice in one pull; the connector then
 pulls the pull's last cursor back to that record's first sighting, so the next pull re-reads
@@ -58,7 +74,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Literal
@@ -103,6 +119,9 @@ Raw = dict[str, Any]
 _ANSWERS = tuple(s for s in range(400, 500) if s not in (401, 403, 429))
 _FORWARDED_HEADERS = frozenset({"content-type", "x-atlassian-token"})
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
+_JQL_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[()]|!=|[^\s()"\'=!]+|=')
+_SUBTASK_TYPES = "subTaskIssueTypes()"
+_HANDLED = "subtasks"  # cursor partition: the sub-tasks whose parents a pull read
 _READ_ONLY = frozenset(
     {
         "created", "updated", "creator", "resolutiondate", "lastViewed", "statuscategorychangedate",
@@ -160,7 +179,8 @@ class JiraConfig(ConnectorConfig):
         "none",
         description="read and write sub-tasks as the `subtasks` field shaped as "
         "tasks/deliverables (writes create missing sub-tasks and move them to a done or "
-        "not-done status; they never delete one)",
+        "not-done status; they never delete one); sub-tasks are then no records themselves, "
+        "and a sub-task's change is pulled with its parent at the next incremental pull",
     )
     subtask_type: str = Field("Sub-task", description="issue type of the sub-tasks created")
     changelog: bool = Field(True, description="expand the changelog in pulls (stage history)")
@@ -500,46 +520,158 @@ class JiraConnector(Connector[JiraConfig]):
             raise ValueError(f"signpost must be timezone-aware, got {signpost!r}")
         meta = self._meta()
         start = _position(cursor.get(""), self.name)
-        jql = f"({self.config.jql})"
-        if not full and start is not None:
+        scope = self._scope()
+        incremental = not full and start is not None
+        # Jira stamps `updated` on a sub-task that changes, never on its parent: with sub-tasks
+        # read as the parent's tasks or deliverables, an incremental pull also asks for the
+        # sub-tasks changed in its window, then re-reads their parents (see _parent_records).
+        watch = incremental and self.config.subtasks_as != "none"
+        jql = scope
+        if watch:
+            changed = f"issuetype in {_SUBTASK_TYPES}"
+            project = _project_clause(self.config.jql)
+            jql = f"(({scope}) OR ({changed}{f' AND {project}' if project else ''}))"
+        if incremental:
+            assert start is not None
             since = _jql_time(start - timedelta(seconds=self.config.overlap_seconds), meta.tz)
             jql += f" AND updated >= {_quote(since)}"
         jql += " ORDER BY updated ASC, key ASC"
         fields = self._search_fields(meta)
+        extra: list[str] = []
+        if watch and not {"*navigable", "*all"} & set(fields):
+            extra = [f for f in ("issuetype", "parent") if f not in fields]
         position = start
         first_seen: dict[str, datetime] = {}
         shifted_back_to: datetime | None = None
-        token: str | None = None
-        offset = 0
-        while True:
-            data = self._search(jql, fields, token=token, offset=offset)
-            issues = data.get("issues")
-            if not isinstance(issues, list):
-                raise FatalError(f"{self.name}: the search answered without an issue list")
+        # The sub-tasks whose parents were read, by the `updated` they were read at: the
+        # overlap re-reads them, and their parents need no second read (a quiet pull stays
+        # one search). Kept in the cursor for the window the next pull re-reads.
+        handled = _handled(cursor.get(_HANDLED))
+        for data in self._pages(jql, [*fields, *extra]):
+            issues = data["issues"]
             records: list[RemoteRecord] = []
             skipped: list[SkippableRecord] = []
+            read: list[datetime] = []  # the `updated` of every issue of the page
+            changes: dict[str, tuple[datetime, str | None]] = {}  # parent -> its sub-tasks'
             for raw in issues:
+                parent = _parent_key(raw) if watch else None
+                if parent is not None:
+                    at, by = self._sub_task_change(raw, meta)
+                    if at is None:
+                        changes.setdefault(parent, (signpost, None))
+                        continue
+                    read.append(at)
+                    if handled.get(str(raw["key"])) == _iso(at):
+                        continue  # its parent was read at this state of it
+                    handled[str(raw["key"])] = _iso(at)
+                    if parent not in changes or at > changes[parent][0]:
+                        changes[parent] = (at, by)
+                    continue
                 try:
-                    record = self._record(raw, meta)
+                    record = self._record(_without(raw, extra), meta)
                 except SkippableRecord as exc:
                     skipped.append(exc)
                     continue
                 assert record.updated_at is not None
+                read.append(record.updated_at)
                 seen = first_seen.setdefault(record.ref, record.updated_at)
                 if seen != record.updated_at:  # edited mid-pull: later offsets shifted
                     shifted_back_to = min(seen, shifted_back_to or seen)
                 records.append(record)
-            if records:
-                assert records[-1].updated_at is not None
-                reached = min(max(r.updated_at or signpost for r in records), signpost)
+            if changes:
+                on_page = {r.ref for r in records}
+                missing = [key for key in changes if key not in on_page]
+                records += self._parent_records(missing, fields, meta, skipped)
+                records = [_changed_at(r, changes.get(r.ref)) for r in records]
+            if read:
+                reached = min(max(read), signpost)
                 if position is None or reached > position:
                     position = reached
             if shifted_back_to is not None and position is not None:
                 position = min(position, shifted_back_to)
             page_cursor = cursor.advanced("", _iso(position)) if position is not None else None
+            if watch and page_cursor is not None and position is not None:
+                window = position - timedelta(seconds=self.config.overlap_seconds + 60)
+                kept = {k: v for k, v in handled.items() if datetime.fromisoformat(v) >= window}
+                if kept or cursor.get(_HANDLED) is not None:
+                    page_cursor = page_cursor.advanced(_HANDLED, json.dumps(kept, sort_keys=True))
             if issues or skipped:
                 yield Page(records, page_cursor, skipped)
-            if meta.cloud:
+
+    def _scope(self) -> str:
+        """The configured JQL; with ``subtasks_as``, without sub-tasks: a sub-task is its
+        parent's task or deliverable, never a record of its own."""
+        scope = f"({self.config.jql})"
+        if self.config.subtasks_as != "none":
+            scope += f" AND issuetype not in {_SUBTASK_TYPES}"
+        return scope
+
+    def _sub_task_change(self, raw: Raw, meta: _Meta) -> tuple[datetime | None, str | None]:
+        """When a sub-task of the search changed, and who changed it (its changelog)."""
+        try:
+            record = self._record(raw, meta)
+        except SkippableRecord:
+            return None, None
+        return record.updated_at, record.updated_by
+
+    def _parent_records(
+        self, keys: Sequence[str], fields: Sequence[str], meta: _Meta, skipped: list[Any]
+    ) -> list[RemoteRecord]:
+        """The records of the parents ``keys`` that the configured JQL selects: one search
+        ``(<jql>) AND key in (...)`` per 100 (a parent outside the JQL is not found, so a
+        sub-task of an issue that is no sales project yields nothing). A key Jira refuses (an
+        issue deleted since) makes that chunk read one key at a time, without it."""
+        out: list[RemoteRecord] = []
+        scope = self._scope()
+        for i in range(0, len(keys), VERSION_BATCH):
+            chunk = keys[i : i + VERSION_BATCH]
+            try:
+                raws = self._found(f"{scope} AND key in ({', '.join(map(_quote, chunk))})", fields)
+            except FatalError as exc:
+                if exc.status != 400 or isinstance(exc, AuthError):
+                    raise
+                raws = []
+                for key in chunk if len(chunk) > 1 else ():
+                    try:
+                        raws += self._found(f"{scope} AND key = {_quote(key)}", fields)
+                    except FatalError as one:
+                        if one.status != 400 or isinstance(one, AuthError):
+                            raise
+            for raw in raws:
+                try:
+                    out.append(self._record(raw, meta))
+                except SkippableRecord as exc:
+                    skipped.append(exc)
+        return out
+
+    def _found(self, jql: str, fields: Sequence[str]) -> list[Raw]:
+        """Every issue of a search by keys (at most 100), in key order."""
+        return [
+            raw
+            for data in self._pages(f"{jql} ORDER BY key ASC", fields, limit=VERSION_BATCH)
+            for raw in data["issues"]
+        ]
+
+    def _pages(
+        self,
+        jql: str,
+        fields: Sequence[str],
+        *,
+        limit: int | None = None,
+        changelog: bool | None = None,
+    ) -> Iterator[Raw]:
+        """Each page of a search (Cloud: ``nextPageToken``; Data Center: ``startAt``)."""
+        token: str | None = None
+        offset = 0
+        while True:
+            data = self._search(
+                jql, fields, token=token, offset=offset, limit=limit, changelog=changelog
+            )
+            issues = data.get("issues")
+            if not isinstance(issues, list):
+                raise FatalError(f"{self.name}: the search answered without an issue list")
+            yield data
+            if self._meta().cloud:
                 token = data.get("nextPageToken") or None
                 if not token or data.get("isLast") is True or not issues:
                     return
@@ -658,12 +790,12 @@ class JiraConnector(Connector[JiraConfig]):
         subtasks = self._pop_subtasks(changes)
         current: Raw | None = None
         if expected_version is not None or target is not None:
-            current = self._issue(ref, ["updated", "status", "project", "issuetype"])
+            current = self._issue(ref, [*self._version_fields(), "status", "project", "issuetype"])
             if current is None:
                 raise StaleVersion(ref, expected_version, None, connector=self.name)
             if expected_version is not None:
-                actual = _version_of(current)
-                if actual != expected_version:
+                actual = self._version(current)
+                if not _same_version(expected_version, actual):
                     raise StaleVersion(ref, expected_version, actual, connector=self.name)
         on_screens: set[str] = set()
         available: list[_Transition] | None = None
@@ -735,7 +867,7 @@ class JiraConnector(Connector[JiraConfig]):
                 continue
             for ref in chunk:
                 want = expected.get(ref)
-                if want is not None and current.get(ref) != want:
+                if want is not None and not _same_version(want, current.get(ref)):
                     out[ref] = StaleVersion(ref, want, current.get(ref), connector=self.name)
                     continue
                 try:
@@ -770,24 +902,30 @@ class JiraConnector(Connector[JiraConfig]):
             return {}
         jql = f"key in ({', '.join(_quote(ref) for ref in refs)})"
         found: dict[str, str | None] = {}
-        token: str | None = None
-        offset = 0
-        while True:
-            data = self._search(
-                jql, ["updated"], token=token, offset=offset, limit=len(refs), changelog=False
-            )
-            issues = [i for i in data.get("issues") or [] if isinstance(i, dict)]
-            for issue in issues:
-                found[str(issue.get("key"))] = _version_of(issue)
-            if self._meta().cloud:
-                token = data.get("nextPageToken")
-                if not token or data.get("isLast") is True or not issues:
-                    return found
-            else:
-                offset += len(issues)
-                total = data.get("total")
-                if not issues or (isinstance(total, int) and offset >= total):
-                    return found
+        for data in self._pages(jql, self._version_fields(), limit=len(refs), changelog=False):
+            for issue in data["issues"]:
+                if isinstance(issue, dict):
+                    found[str(issue.get("key"))] = self._version(issue)
+        return found
+
+    def _version_fields(self) -> list[str]:
+        """What :meth:`_version` reads: ``updated``, and the sub-tasks when they are read."""
+        return ["updated", *(["subtasks"] if self.config.subtasks_as != "none" else [])]
+
+    def _version(self, issue: Raw) -> str | None:
+        """The issue's version as records carry it: its ``updated``; with ``subtasks_as``,
+        and sub-tasks, followed by ``#`` and a digest of the sub-tasks as the record shows them
+        (their summary and status category), since a sub-task's change leaves the parent's
+        ``updated`` as it was."""
+        fields = issue.get("fields") or {}
+        updated = _parse_time(fields.get("updated"))
+        if updated is None:
+            return None
+        version = _iso(updated)
+        if self.config.subtasks_as != "none" and fields.get("subtasks"):
+            shown = json.dumps(self._subtasks(fields["subtasks"]), sort_keys=True)
+            version += "#" + hashlib.sha256(shown.encode()).hexdigest()[:12]
+        return version
 
     # ------------------------------------------------------------------ sub-tasks
 
@@ -1216,9 +1354,11 @@ class JiraConnector(Connector[JiraConfig]):
         histories = (raw.get("changelog") or {}).get("histories") or []
         history = tuple(_history(histories, meta))
         recent = [h for h in history if abs((h.at - updated).total_seconds()) <= 2]
+        version = self._version(raw)
+        assert version is not None
         return RemoteRecord(
             ref=ref,
-            version=_iso(updated),
+            version=version,
             fields=shaped,
             updated_at=updated,
             updated_by=recent[-1].actor if recent else None,
@@ -1471,9 +1611,88 @@ def _parse_time(value: Any) -> datetime | None:
     return at if at.tzinfo is not None else None
 
 
-def _version_of(issue: Raw) -> str | None:
-    updated = _parse_time((issue.get("fields") or {}).get("updated"))
-    return _iso(updated) if updated else None
+def _handled(position: str | None) -> dict[str, str]:
+    """The cursor's sub-tasks already handled: key -> the ``updated`` they were read at."""
+    try:
+        value = json.loads(position) if position else {}
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items() if _parse_time(v) is not None}
+
+
+def _same_version(expected: str, actual: str | None) -> bool:
+    """Whether the issue is still at ``expected``. A version stored before versions carried
+    the sub-tasks' digest (no ``#``) is compared with the issue's ``updated`` alone."""
+    if actual is None:
+        return False
+    return expected == actual or ("#" not in expected and expected == actual.split("#")[0])
+
+
+def _parent_key(issue: Any) -> str | None:
+    """The parent's key if ``issue`` is a sub-task (an issue type with ``subtask: true``; an
+    epic's child has a ``parent`` too, but is no sub-task)."""
+    fields = issue.get("fields") if isinstance(issue, dict) else None
+    if not isinstance(fields, dict) or (fields.get("issuetype") or {}).get("subtask") is not True:
+        return None
+    key = (fields.get("parent") or {}).get("key")
+    return str(key) if key else None
+
+
+def _without(issue: Raw, fields: Sequence[str]) -> Raw:
+    """``issue`` without ``fields`` (asked for only to tell sub-tasks apart)."""
+    if not fields or not isinstance(issue.get("fields"), dict):
+        return issue
+    return {**issue, "fields": {k: v for k, v in issue["fields"].items() if k not in fields}}
+
+
+def _changed_at(record: RemoteRecord, change: tuple[datetime, str | None] | None) -> RemoteRecord:
+    """The record as changed at its newest sub-task change, when that is after its own
+    ``updated`` (what newest-wins and the event log go by)."""
+    if change is None or record.updated_at is None or change[0] <= record.updated_at:
+        return record
+    return replace(record, updated_at=change[0], updated_by=change[1] or record.updated_by)
+
+
+def _project_clause(jql: str) -> str | None:
+    """A top-level ``project = X`` / ``project in (...)`` that the JQL is ANDed with, as
+    written; None if there is none (or the JQL has a top-level OR). A sub-task is always in
+    its parent's project, so the clause also bounds the sub-tasks of the issues selected."""
+    text = jql.strip()
+    while True:
+        tokens = [(m.group(), m.start()) for m in _JQL_TOKEN.finditer(text)]
+        depth, parts, begin = 0, [], 0
+        for tok, at in tokens:
+            if tok == "(":
+                depth += 1
+            elif tok == ")":
+                depth -= 1
+            elif depth == 0 and tok.casefold() == "or":
+                return None
+            elif depth == 0 and tok.casefold() == "and":
+                parts.append(text[begin:at].strip())
+                begin = at + len(tok)
+        parts.append(text[begin:].strip())
+        if len(parts) == 1 and text.startswith("(") and text.endswith(")") and _closes(text):
+            text = text[1:-1].strip()
+            continue
+        for part in parts:
+            words = [m.group() for m in _JQL_TOKEN.finditer(part)]
+            operator = words[1].casefold() if len(words) >= 3 else ""
+            if words[0].casefold() == "project" and operator in ("=", "in"):
+                return part
+        return None
+
+
+def _closes(text: str) -> bool:
+    """Whether the ``(`` that starts ``text`` is closed by its last character."""
+    depth = 0
+    for m in _JQL_TOKEN.finditer(text):
+        depth += {"(": 1, ")": -1}.get(m.group(), 0)
+        if depth == 0:
+            return m.end() == len(text)
+    return False
 
 
 def _status(issue: Raw) -> str:
