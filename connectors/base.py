@@ -279,6 +279,19 @@ class Connector(ABC, Generic[C]):
         Raises StaleVersion if the tool can tell that ``expected_version`` is no longer current.
         """
 
+    def update_or_error(
+        self, ref: str, changes: Mapping[str, Any], expected_version: str | None
+    ) -> RemoteRecord | ConnectorError:
+        """:meth:`update` with this record's own errors returned, not raised, as a batch
+        ``update_many`` reports them; errors that stop every record (auth, rate limit,
+        network) are raised."""
+        try:
+            return self.update(ref, changes, expected_version=expected_version)
+        except (AuthError, RetriableError):
+            raise
+        except (StaleVersion, SkippableRecord, FatalError) as exc:
+            return exc
+
     def archive(self, ref: str) -> None:
         """Archive or delete a record (only ever called when a mapping opts in)."""
         raise FatalError(f"{self.kind} connector cannot archive records", connector=self.name)

@@ -850,7 +850,7 @@ class JiraConnector(Connector[JiraConfig]):
                 self.config.subtasks_as != "none" and "subtasks" in fields
             )
             if workflow or not fields:
-                out[ref] = self._one(ref, fields, expected.get(ref))
+                out[ref] = self.update_or_error(ref, fields, expected.get(ref))
             else:
                 batched.append(ref)
         for i in range(0, len(batched), VERSION_BATCH):
@@ -863,7 +863,7 @@ class JiraConnector(Connector[JiraConfig]):
                     raise
                 # Jira refuses a JQL naming a deleted issue's key: each update reads its own.
                 for ref in chunk:
-                    out[ref] = self._one(ref, changes[ref], expected.get(ref))
+                    out[ref] = self.update_or_error(ref, changes[ref], expected.get(ref))
                 continue
             for ref in chunk:
                 want = expected.get(ref)
@@ -883,17 +883,6 @@ class JiraConnector(Connector[JiraConfig]):
                 except (StaleVersion, SkippableRecord, FatalError) as exc:
                     out[ref] = exc
         return out
-
-    def _one(
-        self, ref: str, fields: Mapping[str, Any], expected: str | None
-    ) -> RemoteRecord | ConnectorError:
-        """:meth:`update` with the errors of this record returned, not raised."""
-        try:
-            return self.update(ref, fields, expected_version=expected)
-        except (AuthError, RetriableError):
-            raise
-        except (StaleVersion, SkippableRecord, FatalError) as exc:
-            return exc
 
     def _versions(self, refs: Sequence[str]) -> dict[str, str | None]:
         """The current version of each of ``refs`` (at most 100) that exists: one search for

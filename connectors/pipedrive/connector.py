@@ -676,7 +676,7 @@ class PipedriveConnector(Connector[PipedriveConfig]):
             try:
                 plain, lists = _split(fields, ref=ref, connector=self.name)
                 if lists or _deal_id(ref) is None:
-                    out[ref] = self._one(ref, fields, expected.get(ref))
+                    out[ref] = self.update_or_error(ref, fields, expected.get(ref))
                     continue
                 body = self._body(meta, plain, ref=ref)
             except SkippableRecord as exc:
@@ -685,7 +685,7 @@ class PipedriveConnector(Connector[PipedriveConfig]):
             if body:
                 bodies[ref] = body
             else:
-                out[ref] = self._one(ref, fields, expected.get(ref))
+                out[ref] = self.update_or_error(ref, fields, expected.get(ref))
         refs = list(bodies)
         for i in range(0, len(refs), IDS_PER_REQUEST):
             chunk = refs[i : i + IDS_PER_REQUEST]
@@ -699,7 +699,7 @@ class PipedriveConnector(Connector[PipedriveConfig]):
                 want = expected.get(ref)
                 now = current.get(ref)
                 if want is not None and now is None:  # not listed: deleted or archived
-                    out[ref] = self._one(ref, changes[ref], want)
+                    out[ref] = self.update_or_error(ref, changes[ref], want)
                     continue
                 if want is not None and now is not None and _version(now) != want:
                     out[ref] = StaleVersion(ref, want, _version(now), connector=self.name)
@@ -719,17 +719,6 @@ class PipedriveConnector(Connector[PipedriveConfig]):
                     deal = {**deal, "participants_count": now["participants_count"]}
                 out[ref] = self._written(deal, ref)
         return out
-
-    def _one(
-        self, ref: str, fields: Mapping[str, Any], expected: str | None
-    ) -> RemoteRecord | ConnectorError:
-        """:meth:`update` with the errors of this deal returned, not raised."""
-        try:
-            return self.update(ref, fields, expected_version=expected)
-        except (AuthError, RetriableError):
-            raise
-        except (StaleVersion, SkippableRecord, FatalError) as exc:
-            return exc
 
     def archive(self, ref: str) -> None:
         """Delete the deal (Pipedrive keeps deleted deals 30 days); unknown refs are left."""
