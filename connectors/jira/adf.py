@@ -66,7 +66,7 @@ def _block(node: Node, indent: str) -> str | None:
     if kind == "heading":
         level = attrs.get("level", 1)
         level = level if isinstance(level, int) and 1 <= level <= 6 else 1
-        return indent + "#" * level + " " + _inline(content).replace("\n", " ")
+        return indent + "#" * level + " " + _inline(content, block=False).replace("\n", " ")
     if kind in ("bulletList", "orderedList"):
         return _list(node, indent)
     if kind == "codeBlock":
@@ -152,10 +152,12 @@ def _escape_block(text: str) -> str:
     return "\n".join("\\" + line if _RULE.match(line) else fix(line) for line in lines)
 
 
-def _inline(nodes: Sequence[Any]) -> str:
+def _inline(nodes: Sequence[Any], *, block: bool = True) -> str:
     """Inline nodes as Markdown. Text is written as it is where that reads back the same
     (``5 * 3``, ``[1]``, ``snake_case``), so plain text survives a round trip unchanged;
-    otherwise every character that could be markup is escaped."""
+    otherwise every character that could be markup is escaped. ``block``: the caller will
+    pass the text through :func:`_escape_block` (a paragraph's lines), so what must read back
+    is the block-escaped form: a struck-through "~" written ``~~~~~`` would become a fence."""
     runs = _runs(nodes)
     if not all(r.get("type") in ("text", "hardBreak") for r in runs):
         return _render(runs, escape=True)  # degraded nodes cannot read back anyway
@@ -163,7 +165,7 @@ def _inline(nodes: Sequence[Any]) -> str:
     for escape, em in ((False, "*"), (False, "_"), (True, "*"), (True, "_")):
         # "_" for italics where a "*" would touch a "**" ("*a***b**" is ambiguous)
         out = _render(runs, escape=escape, em=em)
-        if _parse_inline(out) == runs:
+        if _parse_inline(_escape_block(out) if block else out) == runs:
             break
     return out
 
