@@ -143,7 +143,7 @@ def test_existing_sqlite_file_is_reused(tmp_path: Path) -> None:
 def test_in_memory_sqlite_works() -> None:
     with Store.open("sqlite://") as s:
         s.put_project(project(id="sb-1"))
-        assert s.current_revision() == "0003"
+        assert s.current_revision() == "0004"
         assert s.get_project("sb-1") is not None
 
 
@@ -157,9 +157,9 @@ def test_unsupported_url_is_refused() -> None:
 
 def test_migrations_upgrade_an_empty_database_to_head(db_url: str) -> None:
     assert current_revision(db_url) is None
-    assert upgrade(db_url) == head_revision() == "0003"
-    assert current_revision(db_url) == "0003"
-    assert upgrade(db_url) == "0003"  # repeatable
+    assert upgrade(db_url) == head_revision() == "0004"
+    assert current_revision(db_url) == "0004"
+    assert upgrade(db_url) == "0004"  # repeatable
     assert {
         "projects",
         "links",
@@ -234,7 +234,7 @@ def test_migrations_upgrade_a_database_at_the_previous_revision(db_url: str) -> 
         engine.dispose()
 
     with Store.open(db_url) as s:  # opening migrates
-        assert s.current_revision() == "0003"
+        assert s.current_revision() == "0004"
         assert s.get_project("sb-1") == {
             "id": "sb-1",
             "name": "Old",
@@ -270,7 +270,8 @@ def test_migrations_downgrade_and_upgrade_again(db_url: str) -> None:
     assert downgrade(db_url, "0001") == "0001"
     assert "alerts" not in tables_in(db_url)
     assert "violation_history" not in tables_in(db_url)
-    assert upgrade(db_url) == "0003"
+    assert "generations" not in tables_in(db_url)
+    assert upgrade(db_url) == "0004"
     with Store.open(db_url) as s:  # the status is rebuilt from the timestamps
         [v] = s.list_violations()
         assert v.status == "escalated"
@@ -316,7 +317,7 @@ def test_concurrent_opens_migrate_once(db_url: str) -> None:
     for th in threads:
         th.join()
     assert errors == []
-    assert current_revision(db_url) == "0003"
+    assert current_revision(db_url) == "0004"
 
 
 # --------------------------------------------------------------------------- projects

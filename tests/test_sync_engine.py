@@ -692,6 +692,72 @@ def test_an_idle_cycle_costs_the_same_statements_for_10_or_120_projects(db_url: 
     assert counts[1] < 40, counts
 
 
+class PlanningSpy(StatementCounter):
+    """Counts the statements that read the bases table: push planning's comparison."""
+
+    def _on(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "bases.fields" in statement:
+            self.count += 1
+
+
+def test_a_quiet_cycle_skips_push_planning_until_any_writer_changes_the_store(
+    db_url: str,
+) -> None:
+    """Planning found nothing and nothing it reads has changed: the next cycle does not plan.
+    A write by anyone (here a second store, as a CLI command in another process) restarts
+    planning, and the change reaches both tools."""
+    bridge = Bridge(db_url, page_size=50)
+    other = Store.open(db_url)
+    try:
+        refs = [bridge.add("crm", name=f"Deal {i}") for i in range(5)]
+        assert bridge.sync().ok  # creates on the board, stamps in the CRM
+        with PlanningSpy(bridge.store) as spy:
+            assert bridge.sync().ok  # reads them back, plans, finds nothing: remembered
+        assert spy.count > 0
+        with PlanningSpy(bridge.store) as spy:
+            report = bridge.sync()
+        assert report.ok and report.plan.rows() == [] and spy.count == 0
+        with PlanningSpy(bridge.store) as spy:  # a census always plans
+            assert bridge.sync(full=True).ok
+        assert spy.count > 0
+
+        pid = bridge.project_of("crm", refs[2])
+        project = dict(other.get_project(pid) or {})
+        project["name"] = "Renamed elsewhere"
+        other.put_project(project)
+        report = bridge.sync()
+        assert report.ok
+        assert report.connectors["crm"].counts["pushed"] == 1
+        assert report.connectors["board"].counts["pushed"] == 1
+        assert bridge.values("crm", refs[2])["name"] == "Renamed elsewhere"
+        assert bridge.values("board", bridge.ref_of("board", pid))["name"] == "Renamed elsewhere"
+        bridge.assert_converged()
+    finally:
+        other.close()
+        bridge.close()
+
+
+def test_push_generation_moves_with_what_planning_reads_only(db_url: str) -> None:
+    bridge = Bridge(db_url, page_size=50)
+    try:
+        store = bridge.store
+        ref = bridge.add("crm", name="Deal")
+        assert bridge.sync().ok
+        pid = bridge.project_of("crm", ref)
+        g = store.push_generation()
+        assert g is not None
+        store.save_cursor("crm", store.get_cursor("crm"))
+        store.finish_run(store.start_run("crm"), "ok", {}, None)
+        assert store.push_generation() == g  # cursors and run rows are not read by planning
+        store.set_bases(pid, "crm", {"name": "x"})
+        g2 = store.push_generation()
+        assert g2 is not None and g2 > g
+        store.tombstone_project(pid)
+        assert (store.push_generation() or 0) > g2
+    finally:
+        bridge.close()
+
+
 # --------------------------------------------------------------------------- stored form
 
 

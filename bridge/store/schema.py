@@ -308,6 +308,19 @@ alerts = sa.Table(
     sa.Index(None, "connector", "cleared_at"),
 )
 
+generations = sa.Table(
+    "generations",
+    metadata,
+    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column(
+        "value",
+        BigId,
+        nullable=False,
+        comment="'push': bumped by triggers on every write to projects, bases, links and "
+        "conflicts (SQLite); push planning is skipped while it has not moved",
+    ),
+)
+
 meta = sa.Table(
     "meta",
     metadata,

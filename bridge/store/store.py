@@ -1591,6 +1591,18 @@ class Store:
         with self._use(write=True) as conn:
             return int(conn.execute(stmt).scalar_one())
 
+    def push_generation(self) -> int | None:
+        """A counter that moves with every write to projects, bases, links or conflicts, by
+        whoever makes it (triggers, migration 0004); None where there are none (PostgreSQL).
+        Push planning reads nothing else from the store, so while it stands still, a plan
+        that found nothing to push would find nothing again."""
+        if self._dialect != "sqlite":
+            return None
+        g = t.generations
+        with self._use() as conn:
+            row = conn.execute(sa.select(g.c.value).where(g.c.key == "push")).first()
+        return None if row is None else int(row.value)
+
     def pending_conflict_fields(
         self, connector: str, project_ids: Iterable[str] | None = None
     ) -> dict[str, set[str]]:

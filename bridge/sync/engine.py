@@ -174,6 +174,9 @@ class SyncEngine:
                 owners.setdefault(path, name)
         self.owners = owners
         self._lock = threading.Lock()
+        # Per tool, the store's push generation when its last planning found nothing to push
+        # (with the mapping it used): while the generation stands, planning is skipped.
+        self._nothing_to_push: dict[str, tuple[int, MappingSpec]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -1036,7 +1039,28 @@ class _RunContext:
         targets = [n for n in names if n not in self.pull_failed]
         if not targets or self.should_stop():
             return
-        plans = {n: [*self._push_updates(n), *self._push_creates(n)] for n in targets}
+        # Read before planning: a write that lands during planning moves it past this value,
+        # so the next cycle plans again.
+        generation = None if self.dry_run else self.store.push_generation()
+        quiet = self.e._nothing_to_push
+        plans: dict[str, list[Step]] = {}
+        for n in targets:
+            spec = self.e.mappings[n]
+            known = quiet.get(n)
+            if (
+                not self.full
+                and generation is not None
+                and known is not None
+                and known[0] == generation
+                and known[1] is spec
+            ):
+                plans[n] = []  # nothing it reads has changed since it found nothing to do
+                continue
+            plans[n] = [*self._push_updates(n), *self._push_creates(n)]
+            if generation is not None and not plans[n]:
+                quiet[n] = (generation, spec)
+            else:
+                quiet.pop(n, None)
         busy = [n for n in targets if plans[n]]
         try:
             if self.dry_run:
