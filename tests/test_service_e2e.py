@@ -436,6 +436,8 @@ def test_forged_and_replayed_deliveries_are_rejected_and_change_nothing(
     assert ok.status_code == 200, "a genuine delivery is accepted once"
     replay = requests.post(url, data=body, headers={"X-Trello-Webhook": signed}, timeout=10)
     assert replay.status_code == 401
+    # The service logs a rejection as it answers; its log reaches us a moment later.
+    eventually(lambda: "replayed delivery" in service.since(mark), 5, "the replay logged")
     log = service.since(mark)
     assert re.search(
         r"webhook for trello rejected from 127\.0\.0\.1: trello: the X-Trello-Webhook "
