@@ -130,6 +130,7 @@ from connectors.base import (
     WebhookRejected,
     parse_duration,
 )
+from connectors.lists import item_key, read_marker, reconcile, with_marker
 
 Row = dict[str, Any]
 V2 = "api/v2/"
@@ -1232,7 +1233,7 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         as ``wanted[1:]``, in order."""
         primary = wanted[0] if wanted else None
         others = [(person, part) for part, person in sorted(parts) if person != primary]
-        _keep, gone, new = _reconcile(others, wanted[1:], key=lambda person: person)
+        _keep, gone, new = reconcile(others, wanted[1:], key=lambda person: person)
         for part in gone:
             self._send("DELETE", f"{V1}deals/{deal_id}/participants/{part}")
         for person in new:
@@ -1251,8 +1252,8 @@ class PipedriveConnector(Connector[PipedriveConfig]):
             mine = [a for a in acts if bool(a.get("done")) == done]
             items = to_json_value(key, [_activity(meta, a) for a in mine])
             now = {a["id"]: item for a, item in zip(mine, items, strict=True)}
-            current = [(_activity_key(now[a["id"]]), a) for a in mine]
-            keep, gone, new = _reconcile(current, lists[key])
+            current = [(item_key(now[a["id"]]), a) for a in mine]
+            keep, gone, new = reconcile(current, lists[key], key=item_key)
             for a in gone:
                 self._send("DELETE", f"{V2}activities/{a['id']}")
             for a, item in keep:
@@ -1281,9 +1282,7 @@ class PipedriveConnector(Connector[PipedriveConfig]):
         if owner is None:
             owner = self._my_id(meta)
         body["owner_id"] = owner
-        text = _MARKER.sub("", (old or {}).get("note") or "")
-        line = "[salesbridge: " + json.dumps({**marker, "as": owner}, sort_keys=True) + "]"
-        body["note"] = f"{text}\n{line}" if text else line
+        body["note"] = with_marker((old or {}).get("note"), {**marker, "as": owner})
         return body
 
     def _my_id(self, meta: _Meta) -> int | None:
@@ -1502,7 +1501,7 @@ def _activities(meta: _Meta, acts: list[Row]) -> tuple[list[Row], list[Row]]:
 def _activity(meta: _Meta, a: Row) -> Row:
     """An activity as an action (done) or a next step; the note's marker stands while the
     activity keeps the owner the bridge gave it."""
-    marker = _marker(a.get("note"))
+    marker = read_marker(a.get("note"))
     same = "as" in marker and marker["as"] == a.get("owner_id")
     owner = meta.user(a.get("owner_id"))
     if a.get("done"):
@@ -1520,23 +1519,7 @@ def _activity(meta: _Meta, a: Row) -> Row:
     return {"what": a.get("subject") or "", "owner": person, "due": a.get("due_date") or None}
 
 
-_MARKER = re.compile(r"\n?\[salesbridge: (\{.*\})\]\s*$")
 _LISTS = ("next_steps", "actions")
-
-
-def _marker(note: Any) -> Row:
-    m = _MARKER.search(note) if isinstance(note, str) else None
-    if m is None:
-        return {}
-    try:
-        found = json.loads(m.group(1))
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def _activity_key(item: Mapping[str, Any]) -> tuple[str, Any]:
-    return (item["what"], item["at"] if "at" in item else item.get("due"))
 
 
 def _split(
@@ -1557,33 +1540,6 @@ def _split(
                     payload=dict(fields),
                 ) from None
     return plain, lists
-
-
-def _reconcile(
-    current: list[tuple[Any, Any]],
-    wanted: list[Any],
-    key: Callable[[Any], Any] = lambda item: _activity_key(item),
-) -> tuple[list[tuple[Any, Any]], list[Any], list[Any]]:
-    """Turn ``current`` (key, thing; in the order added) into ``wanted``: (kept thing, wanted
-    item), things to delete, items to add in order. Kept ones keep their place, so one out of
-    the wanted order is deleted and added again after the others."""
-    keep: list[tuple[Any, Any]] = []
-    new: list[Any] = []
-    gone: list[Any] = []
-    at = 0
-    for item in wanted:
-        k = key(item)
-        found = None
-        if not new:
-            found = next((j for j in range(at, len(current)) if current[j][0] == k), None)
-        if found is None:
-            new.append(item)
-            continue
-        gone.extend(a for _, a in current[at:found])
-        keep.append((current[found][1], item))
-        at = found + 1
-    gone.extend(a for _, a in current[at:])
-    return keep, gone, new
 
 
 def _same_email(person: Row, item: Mapping[str, Any]) -> bool:

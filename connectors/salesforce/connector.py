@@ -57,7 +57,6 @@ new versions): three requests per 200 updates.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import re
 import time
@@ -96,6 +95,7 @@ from connectors.base import (
     StaleVersion,
     parse_duration,
 )
+from connectors.lists import item_key, read_marker, reconcile, with_marker
 from connectors.salesforce.soql import parse_datetime
 
 log = logging.getLogger("salesbridge.salesforce")
@@ -128,7 +128,6 @@ _TASK_QUERY = f"(SELECT {_TASK_COLUMNS} FROM Tasks {_CHILD_ORDER})"  # noqa: S60
 # The last line of a Task's Description written by the bridge: what Salesforce cannot hold
 # (an action's time and author, a next step's owner who is no Salesforce user), and the OwnerId
 # it was written with: while the owner is unchanged the marker's values are read back.
-_MARKER = re.compile(r"\n?\[salesbridge: (\{.*\})\]\s*$")
 _SF_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$")
 # Errors about one record's values: the record is quarantined, the rest of the sync goes on.
 _RECORD_ERRORS = frozenset(
@@ -952,11 +951,11 @@ class SalesforceConnector(Connector[SalesforceConfig]):
             known.setdefault(r["ContactId"], contact)
         account: list[str | None] = []
         targets = [(self._contact_for(rid, w, known, account), w) for w in wanted]
-        current = [(r["ContactId"], r["Id"], r) for r in rows]
-        keep, gone, new = _reconcile(current, targets)
-        for role_id in gone:
+        current = [(r["ContactId"], (r["Id"], r)) for r in rows]
+        keep, gone, new = reconcile(current, targets, key=lambda target: target[0])
+        for role_id, _ in gone:
             self._delete(ROLE_OBJECT, role_id, ref=rid)
-        for role_id, row, w in keep:
+        for (role_id, row), (_, w) in keep:
             changes = held.body(w, self._stakeholder(row))
             if changes:
                 self._save(ROLE_OBJECT, role_id, changes, ref=rid)
@@ -1057,15 +1056,14 @@ class SalesforceConnector(Connector[SalesforceConfig]):
                 continue
             mine = [t for t in rows if bool(t.get("IsClosed")) == closed]
             items = to_json_value(path, [_task_item(t) for t in mine])
-            current = [(_task_key(i), t["Id"], (t, i)) for t, i in zip(mine, items, strict=True)]
-            wanted = [(_task_key(w), w) for w in children[col]]
-            keep, gone, new = _reconcile(current, wanted)
-            for task_id in gone:
-                self._delete("Task", task_id, ref=rid)
-            for task_id, (task, item), w in keep:
+            current = [(item_key(i), (t, i)) for t, i in zip(mine, items, strict=True)]
+            keep, gone, new = reconcile(current, children[col], key=item_key)
+            for task, _ in gone:
+                self._delete("Task", task["Id"], ref=rid)
+            for (task, item), w in keep:
                 if item != w:
-                    self._save("Task", task_id, self._task_body(w, task), ref=rid)
-            for _, w in new:
+                    self._save("Task", task["Id"], self._task_body(w, task), ref=rid)
+            for w in new:
                 self._save("Task", None, {"WhatId": rid, **self._task_body(w, None)}, ref=rid)
 
     def _task_body(self, item: Mapping[str, Any], task: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -1089,9 +1087,7 @@ class SalesforceConnector(Connector[SalesforceConfig]):
             body["OwnerId"] = owner
         elif task is not None:
             owner = task.get("OwnerId")
-        text = _MARKER.sub("", (task or {}).get("Description") or "")
-        line = "[salesbridge: " + json.dumps({**marker, "as": owner}, sort_keys=True) + "]"
-        body["Description"] = f"{text}\n{line}" if text else line
+        body["Description"] = with_marker((task or {}).get("Description"), {**marker, "as": owner})
         return body
 
     def _running_user(self) -> str | None:
@@ -1261,57 +1257,10 @@ class SalesforceConnector(Connector[SalesforceConfig]):
         self.http.close()
 
 
-K = TypeVar("K")
-W = TypeVar("W")
-C_ = TypeVar("C_")
-
-
-def _reconcile(
-    current: list[tuple[K, str, C_]], wanted: list[tuple[K, W]]
-) -> tuple[list[tuple[str, C_, W]], list[str], list[tuple[K, W]]]:
-    """Turn ``current`` (key, id, item; in creation order) into ``wanted`` (key, item).
-
-    Returns (kept: id, current item, wanted item), (ids to delete), (to create, in order).
-    Kept records keep their place, so a record out of the wanted order is deleted and
-    created again after the others: the creation order then reads back as ``wanted``.
-    """
-    keep: list[tuple[str, C_, W]] = []
-    new: list[tuple[K, W]] = []
-    gone: list[str] = []
-    at = 0
-    for key, item in wanted:
-        found = None
-        if not new:
-            found = next((j for j in range(at, len(current)) if current[j][0] == key), None)
-        if found is None:
-            new.append((key, item))
-            continue
-        gone.extend(cid for _, cid, _ in current[at:found])
-        keep.append((current[found][1], current[found][2], item))
-        at = found + 1
-    gone.extend(cid for _, cid, _ in current[at:])
-    return keep, gone, new
-
-
-def _task_key(item: Mapping[str, Any]) -> tuple[str, Any]:
-    return (item["what"], item["at"] if "at" in item else item.get("due"))
-
-
-def _marker(description: Any) -> dict[str, Any]:
-    m = _MARKER.search(description) if isinstance(description, str) else None
-    if m is None:
-        return {}
-    try:
-        found = json.loads(m.group(1))
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
 def _task_item(t: Mapping[str, Any]) -> dict[str, Any]:
     """A Task as an action (closed) or a next step (open); the marker's values stand while the
     task keeps the owner the bridge gave it."""
-    marker = _marker(t.get("Description"))
+    marker = read_marker(t.get("Description"))
     owner = t.get("Owner") or {}
     same = "as" in marker and marker["as"] == t.get("OwnerId")
     if t.get("IsClosed"):
