@@ -882,6 +882,13 @@ class Store:
             q = q.where(p.c.owner == owner.strip().lower())
         if not include_tombstoned:
             q = q.where(p.c.tombstoned_at.is_(None))
+        yield from self._projects_by_id_pages(q, page_size)
+
+    def _projects_by_id_pages(self, q: sa.Select[Any], page_size: int) -> Iterator[dict[str, Any]]:
+        """The ``data`` of what ``q`` (ordered by project id, limited to ``page_size``) selects,
+        a page at a time (keyset on the id), each page read in a short transaction of its own
+        unless the caller holds one: memory stays flat whatever the number of projects."""
+        p = t.projects
         last: str | None = None
         while True:
             page_q = q if last is None else q.where(p.c.id > last)
@@ -1245,16 +1252,7 @@ class Store:
             .order_by(p.c.id)
             .limit(page_size)
         )
-        last: str | None = None
-        while True:
-            page_q = q if last is None else q.where(p.c.id > last)
-            with self._use() as conn:
-                rows = conn.execute(page_q).all()
-            for row in rows:
-                yield row.data
-            if len(rows) < page_size:
-                return
-            last = rows[-1].id
+        yield from self._projects_by_id_pages(q, page_size)
 
     def unlink(self, connector: str, ref: str, at: datetime | None = None) -> bool:
         """Tombstone a link. True if it was live."""
