@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = ["Calendar", "Gap", "parse_duration", "parse_gap"]
 
 _MEMO_LIMIT = 50_000
+A = TypeVar("A")
+B = TypeVar("B")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +77,7 @@ class Calendar:
 
     def business_days(self, start: date, end: date) -> int:
         """Business days in ``(start, end]``; negative when ``end`` is before ``start``."""
-        memo = self._counted
-        n = memo.get((start, end))
-        if n is None:
-            n = self._business_days(start, end)
-            if len(memo) >= _MEMO_LIMIT:
-                memo.clear()
-            memo[start, end] = n
-        return n
+        return _memoised(self._counted, (start, end), self._business_days)
 
     def _business_days(self, start: date, end: date) -> int:
         if end < start:
@@ -103,14 +100,7 @@ class Calendar:
 
     def add_business_days(self, start: date, n: int) -> date:
         """The ``n``-th business day after ``start`` (n >= 0; 0 gives ``start``)."""
-        memo = self._added
-        d = memo.get((start, n))
-        if d is None:
-            d = self._add_business_days(start, n)
-            if len(memo) >= _MEMO_LIMIT:
-                memo.clear()
-            memo[start, n] = d
-        return d
+        return _memoised(self._added, (start, n), self._add_business_days)
 
     def _add_business_days(self, start: date, n: int) -> date:
         d = start
@@ -184,3 +174,15 @@ def parse_duration(text: str) -> timedelta:
         )
     n, unit = int(m.group(1)), m.group(2)
     return timedelta(hours=n) if unit == "h" else timedelta(days=n * (7 if unit == "w" else 1))
+
+
+def _memoised(memo: dict[tuple[A, B], R], key: tuple[A, B], compute: Callable[[A, B], R]) -> R:
+    """``compute(*key)``, remembered in ``memo``; the memo is emptied when it holds
+    :data:`_MEMO_LIMIT` answers, so a long-running process's memory stays bounded."""
+    found = memo.get(key)
+    if found is None:
+        found = compute(*key)
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[key] = found
+    return found
