@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -173,6 +173,18 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
+def record_or_error(write: Callable[[], RemoteRecord]) -> RemoteRecord | ConnectorError:
+    """The record ``write`` returns, or the error of that record alone (stale, refused value,
+    refused write), as a batch ``update_many`` reports them per record; errors that stop every
+    record (auth, rate limit, network) are raised."""
+    try:
+        return write()
+    except (AuthError, RetriableError):
+        raise
+    except (StaleVersion, SkippableRecord, FatalError) as exc:
+        return exc
+
+
 def parse_duration(value: Any) -> timedelta:
     """``30`` (seconds), ``"30s"``, ``"5m"``, ``"1h"``, ``"2d"`` -> timedelta."""
     if isinstance(value, timedelta):
@@ -282,15 +294,9 @@ class Connector(ABC, Generic[C]):
     def update_or_error(
         self, ref: str, changes: Mapping[str, Any], expected_version: str | None
     ) -> RemoteRecord | ConnectorError:
-        """:meth:`update` with this record's own errors returned, not raised, as a batch
-        ``update_many`` reports them; errors that stop every record (auth, rate limit,
-        network) are raised."""
-        try:
-            return self.update(ref, changes, expected_version=expected_version)
-        except (AuthError, RetriableError):
-            raise
-        except (StaleVersion, SkippableRecord, FatalError) as exc:
-            return exc
+        """:meth:`update` with this record's own errors returned, not raised (see
+        :func:`record_or_error`)."""
+        return record_or_error(lambda: self.update(ref, changes, expected_version=expected_version))
 
     def archive(self, ref: str) -> None:
         """Archive or delete a record (only ever called when a mapping opts in)."""

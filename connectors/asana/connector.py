@@ -46,6 +46,7 @@ import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import asana
@@ -72,6 +73,7 @@ from connectors.base import (
     SkippableRecord,
     StaleVersion,
     WebhookRejected,
+    record_or_error,
 )
 
 if TYPE_CHECKING:
@@ -917,13 +919,10 @@ class AsanaConnector(Connector[AsanaConfig]):
         if self.layout is None:
             return self._update_tasks(changes, expected)
         out: dict[str, RemoteRecord | ConnectorError] = {}
+        layout = self.layout
         for ref, fields in changes.items():
-            try:
-                out[ref] = self.layout.update(ref, fields, expected_version=expected.get(ref))
-            except AuthError:
-                raise
-            except (StaleVersion, SkippableRecord, FatalError) as exc:
-                out[ref] = exc
+            want = expected.get(ref)
+            out[ref] = record_or_error(partial(layout.update, ref, fields, expected_version=want))
         return out
 
     def _update_tasks(

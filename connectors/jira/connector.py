@@ -77,6 +77,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -101,11 +102,11 @@ from connectors.base import (
     RemoteField,
     RemoteRecord,
     RemoteUser,
-    RetriableError,
     Schema,
     SkippableRecord,
     StaleVersion,
     WebhookRejected,
+    record_or_error,
 )
 from connectors.jira.adf import adf_to_markdown, markdown_to_adf
 
@@ -870,19 +871,20 @@ class JiraConnector(Connector[JiraConfig]):
                 if want is not None and not _same_version(want, current.get(ref)):
                     out[ref] = StaleVersion(ref, want, current.get(ref), connector=self.name)
                     continue
-                try:
-                    payload = self._payload(changes[ref], meta, ref)
-                    answer = self._edit(ref, payload, want, return_issue=True)
-                    out[ref] = (
-                        self._record(self._as_searched(answer, meta), meta)
-                        if answer is not None
-                        else self._written(ref, meta)
-                    )
-                except (AuthError, RetriableError):
-                    raise
-                except (StaleVersion, SkippableRecord, FatalError) as exc:
-                    out[ref] = exc
+                write = partial(self._write_searched, ref, changes[ref], want, meta)
+                out[ref] = record_or_error(write)
         return out
+
+    def _write_searched(
+        self, ref: str, fields: Mapping[str, Any], want: str | None, meta: _Meta
+    ) -> RemoteRecord:
+        """Write an issue whose version was just checked; the answer is the record (Cloud),
+        else it is read back."""
+        payload = self._payload(fields, meta, ref)
+        answer = self._edit(ref, payload, want, return_issue=True)
+        if answer is None:
+            return self._written(ref, meta)
+        return self._record(self._as_searched(answer, meta), meta)
 
     def _versions(self, refs: Sequence[str]) -> dict[str, str | None]:
         """The current version of each of ``refs`` (at most 100) that exists: one search for

@@ -94,6 +94,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlencode
 
@@ -120,6 +121,7 @@ from connectors.base import (
     SkippableRecord,
     StaleVersion,
     WebhookRejected,
+    record_or_error,
 )
 from connectors.trello.emulator import parse_trello_time, trello_time, webhook_signature
 
@@ -358,12 +360,8 @@ class TrelloConnector(Connector[TrelloConfig]):
             chunk = refs[i : i + BATCH_URLS]
             cards = self._raw_many([r for r in chunk if _ID.match(r)])
             for ref in chunk:
-                try:
-                    out[ref] = self._update(ref, cards.get(ref), changes[ref], expected.get(ref))
-                except AuthError:
-                    raise
-                except (StaleVersion, SkippableRecord, FatalError) as exc:
-                    out[ref] = exc
+                card, want = cards.get(ref), expected.get(ref)
+                out[ref] = record_or_error(partial(self._update, ref, card, changes[ref], want))
         return out
 
     def _update(
