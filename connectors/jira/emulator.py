@@ -534,10 +534,7 @@ class JiraEmulator(Emulator):
             workflow = workflow or Workflow.simplified(
                 f"Software Simplified Workflow for Project {key}", ["To Do", "In Progress", "Done"]
             )
-            for i, s in enumerate(workflow.statuses):
-                if self.status(s) is None:
-                    last = i == len(workflow.statuses) - 1
-                    self.add_status(s, "new" if i == 0 else "done" if last else "indeterminate")
+            self._add_statuses_of(workflow)
             types = [self.add_issue_type(t)["id"] for t in issue_types]
             pid = id or self._id("project")
             owner = self.users.get(lead or "") or next(iter(self.users.values()))
@@ -577,15 +574,20 @@ class JiraEmulator(Emulator):
             workflow = workflow or Workflow.simplified(
                 f"Sub-task Workflow for Project {proj.key}", ["To Do", "In Progress", "Done"]
             )
-            for i, s in enumerate(workflow.statuses):
-                if self.status(s) is None:
-                    last = i == len(workflow.statuses) - 1
-                    self.add_status(s, "new" if i == 0 else "done" if last else "indeterminate")
+            self._add_statuses_of(workflow)
             kind = self.add_issue_type(name, subtask=True, description="The sub-task of the issue")
             if kind["id"] not in proj.issue_types:
                 proj.issue_types.append(kind["id"])
             proj.type_workflows[kind["id"]] = workflow
             return kind
+
+    def _add_statuses_of(self, workflow: Workflow) -> None:
+        """Create the workflow's statuses this site lacks: the first in the "new" category, the
+        last "done", the others "indeterminate" (as Jira's simplified workflows have them)."""
+        for i, s in enumerate(workflow.statuses):
+            if self.status(s) is None:
+                last = i == len(workflow.statuses) - 1
+                self.add_status(s, "new" if i == 0 else "done" if last else "indeterminate")
 
     def _workflow_of(self, issue: _Issue) -> Workflow:
         proj = self._project_of(issue)
