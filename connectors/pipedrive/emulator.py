@@ -1475,35 +1475,30 @@ class PipedriveEmulator(Emulator):
 
     def add_deal_field(self, name: str, field_type: str, labels: Iterable[str] = ()) -> str:
         """Add a custom deal field (as an admin would); returns its 40-hex field code."""
-        if field_type not in _FIELD_TYPES:
-            raise ValueError(f"unsupported field type {field_type!r}")
-        with self.lock:
-            code = seeds.field_hash(name)
-            options = [
-                {"id": self._next("option"), "label": label, "color": None} for label in labels
-            ]
-            field = _standard_field(code, name, field_type)
-            field.update(is_custom_field=True, options=options or None)
-            self.deal_fields.append(field)
-            for deal in self.deals.values():
-                deal["custom_fields"].setdefault(code, None)
-            return code
+        field = _standard_field(seeds.field_hash(name), name, field_type)
+        return self._add_field(field, labels, self.deal_fields, self.deals.values())
 
     def add_person_field(self, name: str, field_type: str, labels: Iterable[str] = ()) -> str:
         """Add a custom person field (as an admin would); returns its 40-hex field code."""
-        if field_type not in _FIELD_TYPES:
-            raise ValueError(f"unsupported field type {field_type!r}")
+        field = _person_field(seeds.field_hash(f"person:{name}"), name, field_type)
+        return self._add_field(field, labels, self.person_fields, self.persons.values())
+
+    def _add_field(
+        self, field: Row, labels: Iterable[str], fields: list[Row], holders: Iterable[Row]
+    ) -> str:
+        """Add the custom ``field`` (with options from ``labels``) to ``fields``, every one of
+        ``holders`` (deals or persons) holding no value yet."""
+        if field["field_type"] not in _FIELD_TYPES:
+            raise ValueError(f"unsupported field type {field['field_type']!r}")
         with self.lock:
-            code = seeds.field_hash(f"person:{name}")
             options = [
                 {"id": self._next("option"), "label": label, "color": None} for label in labels
             ]
-            field = _person_field(code, name, field_type)
             field.update(is_custom_field=True, options=options or None)
-            self.person_fields.append(field)
-            for person in self.persons.values():
-                person["custom_fields"].setdefault(code, None)
-            return code
+            fields.append(field)
+            for holder in holders:
+                holder["custom_fields"].setdefault(field["field_code"], None)
+            return str(field["field_code"])
 
     def remove_person_field(self, name: str) -> None:
         """Delete a custom person field (as an admin would), values and all."""
