@@ -24,7 +24,6 @@ sys.path.insert(0, str(REPO))
 SIZES = {
     "full": {
         "requests": [1_000, 10_000],
-        "requests_large": ["jira", "trello", "asana", "salesforce", "pipedrive"],
         "latency": 500,
         "throughput": 10_000,
         "rss": [1_000, 10_000, 100_000],
@@ -33,7 +32,6 @@ SIZES = {
     },
     "quick": {
         "requests": [200, 1_000],
-        "requests_large": ["jira", "trello", "asana", "salesforce", "pipedrive"],
         "latency": 200,
         "throughput": 2_000,
         "rss": [1_000, 5_000, 20_000],
@@ -41,8 +39,6 @@ SIZES = {
         "digest": 1_000,
     },
 }
-# Why a tool is not measured at the large size, when it is left out of "requests_large".
-LARGE_SKIPPED: dict[str, str] = {}
 ALL = ("requests", "latency", "throughput", "rss", "rules", "digest")
 PG_URL = os.environ.get(
     "SALESBRIDGE_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -82,9 +78,6 @@ def main() -> None:
         out = []
         for n in sizes["requests"]:
             for kind in KINDS:
-                if n > 1_000 and kind not in sizes["requests_large"]:
-                    out.append({"kind": kind, "records": n, "skipped": LARGE_SKIPPED.get(kind, "")})
-                    continue
                 try:
                     r = measure(kind, n)
                 except Exception as exc:  # recorded and reported: the others still run

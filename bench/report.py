@@ -100,7 +100,7 @@ def render(r: dict[str, Any]) -> str:
     w("| benchmark | figure | target | |")
     w("|---|---|---|---|")
     rows: list[tuple[str, str, str, bool | None]] = []
-    failed = [x for x in r.get("requests") or [] if "error" in x or "skipped" in x]
+    failed = [x for x in r.get("requests") or [] if "error" in x]
     req = [x for x in r.get("requests") or [] if x not in failed]
     if failed:
         rows.append(
@@ -253,7 +253,7 @@ def render(r: dict[str, Any]) -> str:
 
 
 def _requests(r: dict[str, Any]) -> str:
-    failed = [x for x in r.get("requests") or [] if "error" in x or "skipped" in x]
+    failed = [x for x in r.get("requests") or [] if "error" in x]
     req = [x for x in r.get("requests") or [] if x not in failed]
     if not req:
         return ""
@@ -278,7 +278,7 @@ def _requests(r: dict[str, Any]) -> str:
             f"{x['push']['requests']} / {x['pushed']} | {_s(x['full']['seconds'])} |"
         )
     for x in failed:
-        why = x.get("skipped") or f"failed: `{x['error']}`"
+        why = f"failed: `{x['error']}`"
         lines.append(f"\n**{x['kind']} at N = {_n(x['records'])} not measured**: {why}.")
     big = max(x["records"] for x in req)
     lines.append(f"\nWhat the requests are, at N = {_n(big)}:\n")
